@@ -1,0 +1,54 @@
+# rnnstream: the README's two commands are `make serve` and `make test`.
+#   make serve   create .venv, install the server (no torch), serve the bundled models on :50051
+#   make test    create .venv, install everything, run ruff, mypy and pytest
+#   make proto   regenerate rnnstream/v1 from proto/ (committed; a test fails when stale)
+#   make bench   run the benchmark harness (see bench/ and docs/benchmarks.md)
+# GPU users: `make serve GPU=1` installs onnxruntime-gpu instead of onnxruntime.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+SERVER_EXTRA := $(if $(GPU),server-gpu,server)
+ARGS ?=
+
+.PHONY: serve test lint typecheck pytest proto bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Serving install: the SDK plus the server runtime; torch stays out.
+$(VENV)/.installed-$(SERVER_EXTRA): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(SERVER_EXTRA)]'
+	touch $@
+
+# Everything: torch pinned first so pip takes the local CPU build, then the extras.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet '$(TORCH_PIN)'
+	$(BIN)/python -m pip install --quiet -e '.[server,train,dev]'
+	touch $@
+
+serve: $(VENV)/.installed-$(SERVER_EXTRA)
+	$(BIN)/rnnstream serve $(ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy rnnstream service export tests bench
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(ARGS)
+
+test: lint typecheck pytest
+
+proto: $(VENV)/.installed-dev
+	$(BIN)/python proto/generate.py
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.harness $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

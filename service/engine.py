@@ -1,0 +1,223 @@
+"""Continuous batching over one model's step graph, on a thread of its own.
+
+Every request is ``k`` sequences of ``T`` steps each: a session's Steps message is one
+sequence backed by its row of the state table; a Predict call is many sequences with
+private state. The engine thread takes everything queued, runs one time step for every
+active request in one ``run()`` (at most one step per sequence per batch, at most
+``max_batch`` sequences), scatters the new state back, and goes round again; requests
+that arrive meanwhile join at the next step (iteration-level scheduling). There is no
+timer: at low load a step runs at once, at high load batches grow by themselves.
+
+The asyncio side only submits and awaits futures, so the event loop keeps doing I/O while
+onnxruntime computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.graph import StepGraph
+from service.state_table import StateTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """Outputs of a request: ``y [k, T, O]``, and ``states [k, T, S]`` when asked for."""
+
+    y: np.ndarray
+    states: np.ndarray | None
+
+
+@dataclass(eq=False)
+class _Request:
+    """A queued or running request; ``t`` is how many of its T steps have run."""
+
+    x: np.ndarray  # [k, T, F]
+    rows: np.ndarray | None  # [k] rows of the state table, or None: private ``state``
+    state: np.ndarray | None  # [k, S] private state when rows is None
+    future: asyncio.Future[StepResult]
+    y: np.ndarray  # [k, T, O]
+    states: np.ndarray | None  # [k, T, S] when the caller wants every state
+    t: int = 0
+    error: BaseException | None = field(default=None)
+
+    @property
+    def k(self) -> int:
+        """Number of sequences."""
+        return int(self.x.shape[0])
+
+    @property
+    def steps(self) -> int:
+        """Number of time steps T."""
+        return int(self.x.shape[1])
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed; no more requests are taken."""
+
+
+class Engine:
+    """Owns one model's onnxruntime session and state table; batches steps across sessions.
+
+    Example (inside a coroutine)::
+
+        engine = Engine(graph, table, max_batch=512)
+        row = table.allocate()
+        result = await engine.submit(x[None], rows=np.array([row]))  # x: [T, F]
+        result.y[0]   # [T, O]
+    """
+
+    def __init__(self, graph: StepGraph, table: StateTable, max_batch: int, name: str) -> None:
+        self.graph = graph
+        self.table = table
+        self.max_batch = max_batch
+        self.name = name
+        self.batches = 0
+        self.sequence_steps = 0
+        self._pending: list[_Request] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        x: np.ndarray,
+        rows: np.ndarray | None = None,
+        state: np.ndarray | None = None,
+        want_states: bool = False,
+    ) -> asyncio.Future[StepResult]:
+        """Queue ``x [k, T, F]`` for table ``rows [k]`` or private ``state [k, S]``.
+
+        Returns a future on the running loop. The table rows are updated by the engine
+        thread as each step runs; the future resolves once all T steps have run.
+        """
+        if self._closing:
+            raise EngineClosed(f"engine of {self.name} is closed")
+        k, steps = x.shape[0], x.shape[1]
+        if (rows is None) == (state is None):
+            raise ValueError("pass exactly one of rows and state")
+        loop = asyncio.get_running_loop()
+        request = _Request(
+            x=x,
+            rows=rows,
+            state=None if state is None else np.array(state, dtype=np.float32),
+            future=loop.create_future(),
+            y=np.empty((k, steps, self.graph.n_outputs), dtype=np.float32),
+            states=(
+                np.empty((k, steps, self.graph.state_size), dtype=np.float32)
+                if want_states
+                else None
+            ),
+        )
+        with self._cond:
+            self._pending.append(request)
+            self._cond.notify()
+        return request.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        """The engine thread: take queued requests, run batches, resolve futures."""
+        active: list[_Request] = []
+        while True:
+            with self._cond:
+                while not self._pending and not active and not self._closing:
+                    self._cond.wait()
+                if self._pending:
+                    active.extend(self._pending)
+                    self._pending.clear()
+                elif not active:
+                    return  # closing and drained
+            batch, waiting = self._take_batch(active)
+            self._run(batch)
+            finished = [r for r in batch if r.t == r.steps or r.error is not None]
+            # Requests left out of this batch go first next time, so none starves.
+            active = waiting + [r for r in batch if r.t < r.steps and r.error is None]
+            if finished:
+                self._resolve(finished)
+
+    def _take_batch(self, active: list[_Request]) -> tuple[list[_Request], list[_Request]]:
+        """Split active requests into this step's batch (<= max_batch sequences) and the rest."""
+        batch: list[_Request] = []
+        size = 0
+        for i, request in enumerate(active):
+            if batch and size + request.k > self.max_batch:
+                return batch, active[i:]
+            batch.append(request)
+            size += request.k
+        return batch, []
+
+    def _run(self, batch: list[_Request]) -> None:
+        """One time step for every request in the batch: gather, run, scatter."""
+        table = self.table.rows
+        if len(batch) == 1:
+            request = batch[0]
+            x = request.x[:, request.t]  # [k, F]
+            state = self._state_of(request, table)
+        else:
+            x = np.concatenate([r.x[:, r.t] for r in batch])  # [sum k, F]
+            state = np.concatenate([self._state_of(r, table) for r in batch])  # [sum k, S]
+        try:
+            y, state_out = self.graph.run(x, state)
+        except Exception as exc:  # state is untouched: nothing was scattered
+            log.exception("%s: onnxruntime run failed for a batch of %d", self.name, len(x))
+            for request in batch:
+                request.error = exc
+            return
+        self.batches += 1
+        self.sequence_steps += len(x)
+        offset = 0
+        for request in batch:
+            part = slice(offset, offset + request.k)
+            offset += request.k
+            if request.rows is not None:
+                table[request.rows] = state_out[part]
+            else:
+                request.state = state_out[part]
+            request.y[:, request.t] = y[part]
+            if request.states is not None:
+                request.states[:, request.t] = state_out[part]
+            request.t += 1
+
+    @staticmethod
+    def _state_of(request: _Request, table: np.ndarray) -> np.ndarray:
+        """The request's current state ``[k, S]``: its table rows or its private state."""
+        if request.rows is not None:
+            return table[request.rows]
+        assert request.state is not None
+        return request.state
+
+    def _resolve(self, finished: list[_Request]) -> None:
+        """Hand finished requests back to their event loop (one wake-up per loop)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+        for request in finished:
+            by_loop.setdefault(request.future.get_loop(), []).append(request)
+        for loop, requests in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_results, requests)
+
+
+def _set_results(requests: list[_Request]) -> None:
+    """Resolve futures on their loop; a future cancelled by its waiter is skipped."""
+    for request in requests:
+        if request.future.done():
+            continue
+        if request.error is not None:
+            request.future.set_exception(request.error)
+        else:
+            request.future.set_result(StepResult(y=request.y, states=request.states))

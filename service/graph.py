@@ -1,0 +1,164 @@
+"""The step graph in onnxruntime: load it, pick the provider, check it against its manifest.
+
+``StepGraph.run(x [B, F], state [B, S]) -> (y [B, O], state_out [B, S])`` is one time step
+for a batch of independent sessions. The provider is CUDA when it really loads (checked
+with ``get_providers()`` after the session is created, since onnxruntime falls back to CPU
+silently) and CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnstream.manifest import INPUT_STATE, INPUT_X, OUTPUT_STATE, OUTPUT_Y, Manifest, sha256_file
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+FLOAT = "tensor(float)"
+
+
+class GraphMismatch(ValueError):
+    """The ONNX graph does not match its manifest; the message lists every difference."""
+
+
+@dataclass(frozen=True)
+class _Port:
+    """One expected graph input or output: name and the static width of dim 1."""
+
+    name: str
+    width: int
+
+
+def choose_providers(device: str) -> list[str]:
+    """Providers to ask onnxruntime for, given ``device`` (auto, cuda or cpu)."""
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda" or CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class StepGraph:
+    """An onnxruntime session over one model's step graph.
+
+    Example::
+
+        graph = StepGraph(Path("models/seattle-temp/1/model.onnx"), manifest)
+        y, state = graph.run(np.zeros((1, 1), np.float32), np.zeros((1, 64), np.float32))
+    """
+
+    def __init__(
+        self, path: Path, manifest: Manifest, device: str = "auto", intra_op_threads: int = 1
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        requested = choose_providers(device)
+        self.session = ort.InferenceSession(str(path), options, providers=requested)
+        self.provider = self.session.get_providers()[0]
+        if requested[0] == CUDA and self.provider != CUDA:
+            if device == "cuda":
+                raise RuntimeError(
+                    f"{manifest.name}/{manifest.version}: --device cuda was asked for, but the "
+                    "CUDA execution provider did not load (check the CUDA and cuDNN libraries "
+                    "that onnxruntime-gpu needs); use --device auto to fall back to CPU"
+                )
+            log.warning("%s/%s: CUDA did not load, serving on CPU", manifest.name, manifest.version)
+        self.n_features = manifest.n_features
+        self.n_outputs = manifest.n_outputs
+        self.state_size = manifest.state_size
+        self._outputs = [OUTPUT_Y, OUTPUT_STATE]
+
+    def run(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step for B sessions: x [B, F], state [B, S] -> y [B, O], state_out [B, S]."""
+        y, state_out = self.session.run(self._outputs, {INPUT_X: x, INPUT_STATE: state})
+        return y, state_out
+
+
+def check_graph(graph: StepGraph, manifest: Manifest, path: Path) -> None:
+    """Raise GraphMismatch naming every way ``path`` differs from its manifest."""
+    problems: list[str] = []
+    if manifest.onnx_sha256:
+        actual = sha256_file(path)
+        if actual != manifest.onnx_sha256:
+            problems.append(
+                f"{path.name} has sha256 {actual[:12]}..., the manifest records "
+                f"{manifest.onnx_sha256[:12]}... (the file changed after export)"
+            )
+    session = graph.session
+    problems += _check_ports(
+        "input",
+        session.get_inputs(),
+        [_Port(INPUT_X, manifest.n_features), _Port(INPUT_STATE, manifest.state_size)],
+    )
+    problems += _check_ports(
+        "output",
+        session.get_outputs(),
+        [_Port(OUTPUT_Y, manifest.n_outputs), _Port(OUTPUT_STATE, manifest.state_size)],
+    )
+    if not problems:
+        problems += _check_smoke_run(graph, manifest)
+    if problems:
+        raise GraphMismatch(
+            f"model {manifest.name}/{manifest.version} refused, {path} does not match "
+            "its manifest: " + "; ".join(problems)
+        )
+
+
+def _check_ports(kind: str, actual: list[ort.NodeArg], expected: list[_Port]) -> list[str]:
+    """Differences between a graph's inputs (or outputs) and the contract's."""
+    problems: list[str] = []
+    by_name = {a.name: a for a in actual}
+    want = {p.name for p in expected}
+    extra = sorted(set(by_name) - want)
+    if extra:
+        problems.append(f"unexpected {kind}s {extra} (the contract has {sorted(want)})")
+    for port in expected:
+        arg = by_name.get(port.name)
+        if arg is None:
+            problems.append(f"no {kind} named {port.name!r} (found {sorted(by_name)})")
+            continue
+        if arg.type != FLOAT:
+            problems.append(f"{kind} {port.name} is {arg.type}, expected float32")
+        shape = list(arg.shape)
+        if len(shape) != 2:
+            problems.append(f"{kind} {port.name} has rank {len(shape)} {shape}, expected [B, N]")
+            continue
+        if isinstance(shape[0], int) and shape[0] > 0:
+            problems.append(
+                f"{kind} {port.name} has a fixed batch size {shape[0]}; B must be dynamic"
+            )
+        if isinstance(shape[1], int) and shape[1] != port.width:
+            problems.append(
+                f"{kind} {port.name} has width {shape[1]}, the manifest says {port.width}"
+            )
+    return problems
+
+
+def _check_smoke_run(graph: StepGraph, manifest: Manifest) -> list[str]:
+    """Run a batch of 2 zero steps and check shapes and finiteness."""
+    x = np.zeros((2, manifest.n_features), dtype=np.float32)
+    state = np.zeros((2, manifest.state_size), dtype=np.float32)
+    try:
+        y, state_out = graph.run(x, state)
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        return [f"a batch of 2 zero steps fails: {exc}"]
+    problems = []
+    if y.shape != (2, manifest.n_outputs):
+        problems.append(f"y has shape {list(y.shape)} for B=2, expected [2, {manifest.n_outputs}]")
+    if state_out.shape != (2, manifest.state_size):
+        problems.append(
+            f"state_out has shape {list(state_out.shape)} for B=2, "
+            f"expected [2, {manifest.state_size}]"
+        )
+    if not problems and not (np.isfinite(y).all() and np.isfinite(state_out).all()):
+        problems.append("a zero step gives non-finite outputs")
+    return problems

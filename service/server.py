@@ -1,0 +1,217 @@
+"""The gRPC server: wire the core together, serve, and drain gracefully.
+
+``start(settings)`` loads the model repository, starts a ``grpc.aio`` server with the
+Predictor service, ``grpc.health.v1`` and server reflection, and returns a
+``RunningServer`` that knows its port (``--port 0`` picks a free one). ``serve`` runs until
+SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new work is refused, live
+streams are told the server is draining, in-flight steps finish, and it returns 0.
+``BackgroundServer`` runs the same server on a thread of its own (tests, benchmarks,
+embedding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rnnstream.v1 import rnnstream_pb2 as pb
+from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
+from service.repository import ModelRepository
+from service.servicer import PredictorServicer
+from service.sessions import SessionManager
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+REAPER_PERIOD_S = 1.0
+
+
+@dataclass
+class RunningServer:
+    """A started server: its port and the parts behind it."""
+
+    server: grpc.aio.Server
+    port: int
+    repository: ModelRepository
+    sessions: SessionManager
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
+    settings: Settings
+    _reaper: asyncio.Task[None]
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to connect to (loopback when listening on all addresses)."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new work, end live streams, finish in-flight, stop."""
+        grace = self.settings.grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self.sessions.drain()
+        await self.server.stop(grace)
+        self._reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reaper
+        await asyncio.get_running_loop().run_in_executor(None, self.repository.close)
+        log.info("stopped: %d sessions were open", len(self.sessions))
+
+
+async def _reap(sessions: SessionManager) -> None:
+    """End idle sessions past their TTL, once a second."""
+    while True:
+        await asyncio.sleep(REAPER_PERIOD_S)
+        expired = sessions.expire_idle()
+        if expired:
+            log.info("expired %d idle sessions", len(expired))
+
+
+async def start(settings: Settings) -> RunningServer:
+    """Load the models and start serving; returns once the port is bound."""
+    repository = ModelRepository.load(settings)
+    sessions = SessionManager(repository, settings)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # grpc Python reuses ports by default: a second server would silently share it.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_PredictorServicer_to_server(
+        PredictorServicer(repository, sessions, settings), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        repository.close()
+        raise OSError(
+            f"cannot listen on {address}: {exc} (is the port in use? try --port)"
+        ) from exc
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reaper = asyncio.create_task(_reap(sessions), name="session-reaper")
+    running = RunningServer(server, port, repository, sessions, health_servicer, settings, reaper)
+    models = ", ".join(m.key for m in repository.models())
+    log.info(
+        "serving %s on %s:%d (default model %s)",
+        models,
+        settings.host,
+        port,
+        repository.default_name,
+    )
+    return running
+
+
+async def serve_until_signal(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; the process exit code."""
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining (grace %.1fs)", settings.grace_s)
+    await running.stop()
+    return 0
+
+
+class BackgroundServer:
+    """A server on a thread and event loop of its own; a context manager.
+
+    Example::
+
+        with BackgroundServer(Settings.from_env(port=0, host="127.0.0.1")) as server:
+            client = rnnstream.Client(server.address)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="rnnstream-server", daemon=True
+        )
+        self.running: RunningServer | None = None
+
+    def start(self) -> BackgroundServer:
+        """Start the loop thread and the server on it; returns once serving."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(start(self.settings), self._loop)
+        try:
+            self.running = future.result(timeout=120)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return self
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        assert self.running is not None, "start() first"
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for clients."""
+        assert self.running is not None, "start() first"
+        return self.running.address
+
+    def call(self, func: object) -> object:
+        """Run a plain callable on the server's loop thread and return its result."""
+
+        async def run() -> object:
+            return func()  # type: ignore[operator]
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=60)
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Drain and stop the server, then the loop thread."""
+        if self.running is not None:
+            asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result(
+                timeout=120
+            )
+            self.running = None
+        self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,247 @@
+"""The gRPC servicer: decode protobuf, call the core, encode; domain errors become statuses.
+
+Nothing here decides anything: sessions, the engine and the repository do. ``ServiceError``
+subclasses carry their status code; ``_unary`` and ``Stream`` map them to ``abort`` in one
+way each. A refused message changes no state, and the session survives a refused stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from rnnstream.v1 import rnnstream_pb2 as pb
+from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
+from service import codec
+from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from service.predict import predict
+from service.repository import ModelRepository
+from service.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The end-of-stream marker of ServicerContext.read() (grpc-stubs does not declare it).
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def _unary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Map a unary handler's ServiceError to its status code and message."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # abort raises; this line is never reached
+
+    return wrapper
+
+
+class PredictorServicer(pb_grpc.PredictorServicer):
+    """rnnstream.v1.Predictor over a model repository and a session manager."""
+
+    def __init__(
+        self, repository: ModelRepository, sessions: SessionManager, settings: Settings
+    ) -> None:
+        self.repository = repository
+        self.sessions = sessions
+        self.settings = settings
+        self._model_infos = {
+            model.key: codec.model_info(model.manifest, model.graph)
+            for model in repository.models()
+        }
+
+    @_unary
+    async def ListModels(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListModelsResponse:
+        """Every served model version."""
+        return pb.ListModelsResponse(
+            models=list(self._model_infos.values()), default_model=self.repository.default_name
+        )
+
+    @_unary
+    async def Predict(  # noqa: N802
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PredictResponse:
+        """Whole sequences from the initial state; no session."""
+        if self.sessions.draining:
+            raise Unavailable("the server is draining: send Predict to another server")
+        model = self.repository.get(request.model, request.version)
+        x = codec.decode_sequences(request, model.manifest, self.settings.max_steps_per_message)
+        y = await predict(model, x, request.return_sequences)
+        return pb.PredictResponse(y=codec.flat(y), shape=list(y.shape), model=self._info(model.key))
+
+    @_unary
+    async def GetSession(  # noqa: N802
+        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SessionInfo:
+        """Where a session stands."""
+        session = self.sessions.get(request.session_id)
+        now = self.sessions.clock()
+        return pb.SessionInfo(
+            session_id=session.id,
+            next_step=session.next_step,
+            model=session.model.manifest.name,
+            version=session.model.manifest.version,
+            age_s=now - session.created,
+            idle_s=now - session.last_active,
+            live=session.live,
+            sequence_steps=session.sequence_steps,
+            idle_ttl_s=self.settings.idle_ttl_s,
+        )
+
+    @_unary
+    async def DeleteSession(  # noqa: N802
+        self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteSessionResponse:
+        """End a session now; its live stream, if any, is told why."""
+        if not self.sessions.delete(request.session_id):
+            self.sessions.get(request.session_id)  # raises NotFound with the message
+        return pb.DeleteSessionResponse(deleted=True)
+
+    async def Stream(  # type: ignore[override]  # noqa: N802 (read/write style, not a generator)
+        self,
+        request_iterator: AsyncIterator[pb.StreamRequest],
+        context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
+    ) -> None:
+        """One stateful session per stream: Open, then Steps and End, in order."""
+        handle = StreamHandle(asyncio.current_task())
+        session: Session | None = None
+        try:
+            session = await self._open(context, handle)
+            if session is not None:
+                await self._serve(session, context)
+        except asyncio.CancelledError:
+            if handle.reason is None or session is None:
+                raise  # the client went away, or grpc is stopping: nothing to say
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await context.write(
+                pb.StreamResponse(
+                    ended=pb.SessionEnded(
+                        session_id=session.id,
+                        reason=codec.end_reason(handle.reason),
+                        message=END_MESSAGES[handle.reason],
+                    )
+                )
+            )
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+        finally:
+            if session is not None:
+                self.sessions.detach(session, handle)
+
+    async def _open(
+        self,
+        context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
+        handle: StreamHandle,
+    ) -> Session | None:
+        """Read the Open, create or resume the session, attach this stream, answer Opened."""
+        request = await context.read()
+        if request is _EOF:
+            return None
+        assert isinstance(request, pb.StreamRequest)
+        if request.WhichOneof("kind") != "open":
+            raise InvalidArgument(
+                f"the first message of a stream must be Open, got "
+                f"{request.WhichOneof('kind') or 'an empty StreamRequest'}: send "
+                "StreamRequest{open: {model: ...}} first"
+            )
+        open_ = request.open
+        session = self.sessions.open(
+            open_.model,
+            open_.version,
+            open_.session_id,
+            open_.return_sequences if open_.HasField("return_sequences") else None,
+            open_.return_state,
+        )
+        self.sessions.attach(session, handle)
+        await self.sessions.settle(session)
+        await context.write(
+            pb.StreamResponse(
+                opened=pb.Opened(
+                    session_id=session.id,
+                    model=self._info(session.model.key),
+                    next_step=session.next_step,
+                    return_sequences=session.return_sequences,
+                    return_state=session.return_state,
+                )
+            )
+        )
+        return session
+
+    async def _serve(
+        self,
+        session: Session,
+        context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
+    ) -> None:
+        """Steps and End until the client half-closes or ends the session."""
+        manifest = session.model.manifest
+        max_steps = self.settings.max_steps_per_message
+        while True:
+            request = await context.read()
+            if request is _EOF:
+                if session.sequence_steps and session.ended is None:
+                    await context.write(await self._final(session, reset=False))
+                return
+            assert isinstance(request, pb.StreamRequest)
+            kind = request.WhichOneof("kind")
+            if kind == "steps":
+                x = codec.decode_steps(request.steps.x, manifest, max_steps, "Steps.x")
+                out = await self.sessions.steps(session, request.steps.start, x)
+                if session.return_sequences:
+                    await context.write(
+                        pb.StreamResponse(
+                            outputs=pb.Outputs(
+                                start=out.start,
+                                y=codec.flat(out.y),
+                                state=codec.flat(out.states) if session.return_state else [],
+                            )
+                        )
+                    )
+            elif kind == "end":
+                await context.write(await self._final(session, reset=request.end.reset))
+                if request.end.close:
+                    self.sessions.close(session, EndReason.CLIENT_END)
+                    return
+            elif kind == "open":
+                raise InvalidArgument(
+                    f"this stream already opened session {session.id}: send Open only once, "
+                    "as the first message; to switch sessions, open a new stream"
+                )
+            else:
+                raise InvalidArgument("empty StreamRequest: set one of open, steps or end")
+
+    async def _final(self, session: Session, reset: bool) -> pb.StreamResponse:
+        """End the session's current sequence and encode the Final answer."""
+        final = await self.sessions.end(session, reset=reset)
+        return pb.StreamResponse(
+            final=pb.Final(
+                steps=final.steps,
+                y=codec.flat(final.y),
+                state=codec.flat(final.state),
+                next_step=final.next_step,
+            )
+        )
+
+    def _info(self, key: str) -> pb.ModelInfo:
+        """The cached ModelInfo of ``name/version``."""
+        info = self._model_infos.get(key)
+        if info is None:
+            raise NotFound(f"model {key} is not served here")
+        return info

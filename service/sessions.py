@@ -1,0 +1,470 @@
+"""Sessions: per-client recurrent state that outlives any one stream.
+
+A session holds a row of its model's state table, the index of the next step it expects,
+and the last few outputs (to answer retransmissions). Steps are numbered per session: a
+step below ``next_step`` is a retransmission and is not applied again; a step above it
+is a gap and is refused. So a client that reconnects and resends everything it has not
+seen acknowledged loses nothing and double-counts nothing.
+
+A session has at most one live stream (``StreamHandle``); an Open that resumes it takes it
+over and the old stream ends as superseded. A session without a stream waits ``idle_ttl_s``
+to be resumed; at capacity the least recently used idle session is evicted.
+
+Plain asyncio, no network: the servicer translates protobuf to these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.engine import StepResult
+from service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from service.repository import LoadedModel, ModelRepository
+from service.settings import Settings
+
+
+class EndReason(enum.Enum):
+    """Why a session ended; the values are the wire enum's numbers."""
+
+    CLIENT_END = 1
+    IDLE_TTL = 2
+    DELETED = 3
+    EVICTED = 4
+    DRAINING = 5
+    SUPERSEDED = 6
+
+
+END_MESSAGES = {
+    EndReason.CLIENT_END: "the client ended the session",
+    EndReason.IDLE_TTL: "the session was idle longer than its idle TTL",
+    EndReason.DELETED: "the session was deleted (DeleteSession)",
+    EndReason.EVICTED: "the session was evicted to make room at capacity",
+    EndReason.DRAINING: "the server is shutting down; resume the session on a new connection",
+    EndReason.SUPERSEDED: "another stream resumed this session",
+}
+
+
+class StreamHandle:
+    """The live stream a session is attached to; ``end`` stops it with a reason.
+
+    The servicer creates one per stream around its own task; ending it cancels that task,
+    which then tells its client why and returns.
+    """
+
+    __slots__ = ("reason", "task")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.reason: EndReason | None = None
+
+    def end(self, reason: EndReason) -> None:
+        """Stop the stream (once) because its session ended or moved."""
+        if self.reason is None:
+            self.reason = reason
+            if self.task is not None:
+                self.task.cancel()
+
+
+@dataclass
+class StepsOutcome:
+    """Outputs for one Steps message: ``y [n, O]`` from session step ``start`` on."""
+
+    start: int
+    y: np.ndarray
+    states: np.ndarray | None
+    applied: int
+
+
+@dataclass
+class FinalOutcome:
+    """The end of a sequence: its length, last y and state, and the session's next step."""
+
+    steps: int
+    y: np.ndarray | None
+    state: np.ndarray | None
+    next_step: int
+
+
+class Session:
+    """One client's recurrent state and step bookkeeping (see the module docstring)."""
+
+    __slots__ = (
+        "created",
+        "ended",
+        "id",
+        "inflight",
+        "last_active",
+        "last_y",
+        "model",
+        "next_step",
+        "owner",
+        "replay_start",
+        "replay_states",
+        "replay_y",
+        "return_sequences",
+        "return_state",
+        "row",
+        "sequence_steps",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        model: LoadedModel,
+        row: int,
+        return_sequences: bool,
+        return_state: bool,
+        now: float,
+    ) -> None:
+        self.id = session_id
+        self.model = model
+        self.row = row
+        self.return_sequences = return_sequences
+        self.return_state = return_state
+        self.next_step = 0
+        self.sequence_steps = 0
+        self.created = now
+        self.last_active = now
+        self.inflight: asyncio.Future[StepResult] | None = None
+        self.owner: StreamHandle | None = None
+        self.ended: EndReason | None = None
+        self.last_y: np.ndarray | None = None  # [O] of the last step
+        self.replay_start = 0
+        self.replay_y: np.ndarray | None = None  # [<= replay_steps, O]
+        self.replay_states: np.ndarray | None = None  # [<= replay_steps, S]
+
+    @property
+    def live(self) -> bool:
+        """Whether a stream is attached."""
+        return self.owner is not None
+
+
+class SessionManager:
+    """Creates, resumes, steps, ends and expires sessions across every model.
+
+    Example (inside a coroutine)::
+
+        sessions = SessionManager(repository, settings)
+        s = sessions.open("seattle-temp", "", "", return_sequences=True, return_state=False)
+        out = await sessions.steps(s, start=0, x=np.array([[51.0]], np.float32))
+        out.y   # [1, 1]: next hour's temperature
+    """
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.clock = clock
+        self.draining = False
+        # Least recently active first: the order TTL expiry and eviction walk.
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.ended_counts: dict[EndReason, int] = dict.fromkeys(EndReason, 0)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> Session:
+        """The session with this id, or NotFound saying what to do."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound(
+                f"session {session_id!r} does not exist: it ended, expired after "
+                f"{self.settings.idle_ttl_s:g}s idle, or was never created; open a new session "
+                "with an empty Open.session_id"
+            )
+        return session
+
+    def open(
+        self,
+        model: str,
+        version: str,
+        session_id: str,
+        return_sequences: bool | None,
+        return_state: bool,
+    ) -> Session:
+        """A new session (empty ``session_id``) or the existing one to resume.
+
+        ``return_sequences`` None means the model's default mode (new session) or the
+        session's current mode (resume).
+        """
+        if self.draining:
+            raise Unavailable("the server is draining: open the session on another server")
+        if session_id:
+            return self._resume(model, version, session_id, return_sequences, return_state)
+        loaded = self.repository.get(model, version)
+        if loaded.table.free == 0 and not self._evict_one(loaded):
+            raise ResourceExhausted(
+                f"model {loaded.key} already holds {loaded.table.capacity} sessions, all with "
+                "live streams or steps in flight: end or delete sessions, retry later, or raise "
+                "--max-sessions"
+            )
+        now = self.clock()
+        session = Session(
+            session_id=secrets.token_urlsafe(18),
+            model=loaded,
+            row=loaded.table.allocate(),
+            return_sequences=(
+                loaded.manifest.return_sequences if return_sequences is None else return_sequences
+            ),
+            return_state=return_state,
+            now=now,
+        )
+        self._sessions[session.id] = session
+        return session
+
+    def _resume(
+        self,
+        model: str,
+        version: str,
+        session_id: str,
+        return_sequences: bool | None,
+        return_state: bool,
+    ) -> Session:
+        """Look up a session to resume, checking the Open's model against the session's."""
+        session = self.get(session_id)
+        manifest = session.model.manifest
+        if (model and model != manifest.name) or (version and version != manifest.version):
+            raise InvalidArgument(
+                f"session {session_id!r} belongs to model {session.model.key}, but Open asks "
+                f"for {model or '(default)'}/{version or '(latest)'}: leave Open.model and "
+                "Open.version empty when resuming, or open a new session"
+            )
+        if return_sequences is not None:
+            session.return_sequences = return_sequences
+        session.return_state = return_state
+        self._touch(session)
+        return session
+
+    def attach(self, session: Session, handle: StreamHandle) -> None:
+        """Make ``handle`` the session's live stream; an older stream is superseded."""
+        old = session.owner
+        session.owner = handle
+        if old is not None and old is not handle:
+            old.end(EndReason.SUPERSEDED)
+
+    def detach(self, session: Session, handle: StreamHandle) -> None:
+        """The stream ``handle`` is gone; the session waits to be resumed."""
+        if session.owner is handle:
+            session.owner = None
+            self._touch(session)
+
+    async def settle(self, session: Session) -> None:
+        """Wait until the session has no step in flight (a stream it moved from may have one)."""
+        while session.inflight is not None:
+            await asyncio.shield(session.inflight)
+
+    async def steps(self, session: Session, start: int, x: np.ndarray) -> StepsOutcome:
+        """Apply ``x [n, F]`` as steps ``start..start+n-1``; retransmissions are not re-applied."""
+        self._check_alive(session)
+        await self.settle(session)
+        self._check_alive(session)
+        n = len(x)
+        if start > session.next_step:
+            raise FailedPrecondition(
+                f"Steps.start is {start}, but session {session.id} expects step "
+                f"{session.next_step} next: steps {session.next_step}..{start - 1} are missing; "
+                f"resend from step {session.next_step}"
+            )
+        skip = min(session.next_step - start, n)
+        new_x = x[skip:]
+        replayed_from, replayed_y, replayed_states = self._replayed(session, start, skip)
+        if len(new_x) == 0:
+            self._touch(session)
+            return StepsOutcome(replayed_from, replayed_y, replayed_states, applied=0)
+        loaded = session.model
+        future = loaded.engine.submit(
+            new_x[None], rows=np.array([session.row]), want_states=session.return_state
+        )
+        session.inflight = future
+        # The bookkeeping runs when the engine finishes, even if this coroutine is cancelled
+        # meanwhile (its stream superseded): the state row has moved on, so must next_step.
+        future.add_done_callback(lambda f: self._record(session, f))
+        result = await asyncio.shield(future)
+        y = result.y[0]  # [n_new, O]
+        states = result.states[0] if result.states is not None else None  # [n_new, S]
+        if skip == 0:
+            return StepsOutcome(start, y, states, applied=len(new_x))
+        return StepsOutcome(
+            replayed_from,
+            np.concatenate([replayed_y, y]),
+            None
+            if states is None or replayed_states is None
+            else np.concatenate([replayed_states, states]),
+            applied=len(new_x),
+        )
+
+    def _record(self, session: Session, future: asyncio.Future[StepResult]) -> None:
+        """Advance the session's bookkeeping after the engine ran its steps."""
+        session.inflight = None
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
+        y = result.y[0]  # [n, O]
+        states = result.states[0] if result.states is not None else None  # [n, S]
+        n = len(y)
+        session.next_step += n
+        session.sequence_steps += n
+        session.last_y = y[-1]
+        self._remember(session, y, states)
+        self._touch(session)
+        if session.ended is not None:
+            self._release_row(session)
+
+    def _remember(self, session: Session, y: np.ndarray, states: np.ndarray | None) -> None:
+        """Keep the outputs of the last ``replay_steps`` steps to answer retransmissions."""
+        keep = self.settings.replay_steps
+        if keep == 0:
+            return
+        if states is not None and session.replay_states is None:
+            session.replay_y = None  # start afresh so cached y and states stay aligned
+        previous_y = session.replay_y
+        session.replay_y = (
+            y[-keep:].copy() if previous_y is None else np.concatenate([previous_y, y])[-keep:]
+        )
+        if states is None:
+            session.replay_states = None
+        else:
+            previous = session.replay_states
+            session.replay_states = (
+                states[-keep:].copy()
+                if previous is None
+                else np.concatenate([previous, states])[-keep:]
+            )
+        session.replay_start = session.next_step - len(session.replay_y)
+
+    def _replayed(
+        self, session: Session, start: int, count: int
+    ) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """Cached outputs of retransmitted steps ``start..start+count-1`` the server still has."""
+        n_outputs = session.model.manifest.n_outputs
+        empty = np.empty((0, n_outputs), dtype=np.float32)
+        end = start + count
+        if count == 0 or session.replay_y is None:
+            return end, empty, None
+        if session.return_state and session.replay_states is None:
+            return end, empty, None  # outputs without their states would break the reply's shape
+        first = max(start, session.replay_start)
+        if first >= end:
+            return end, empty, None
+        lo, hi = first - session.replay_start, end - session.replay_start
+        states = session.replay_states[lo:hi] if session.replay_states is not None else None
+        return first, session.replay_y[lo:hi], states
+
+    async def end(self, session: Session, reset: bool) -> FinalOutcome:
+        """End the current sequence and report it.
+
+        With ``reset`` the next sequence starts from the initial state; the session's step
+        numbering continues either way.
+        """
+        self._check_alive(session)
+        await self.settle(session)
+        self._check_alive(session)
+        state = session.model.table.rows[session.row].copy() if session.return_state else None
+        outcome = FinalOutcome(
+            steps=session.sequence_steps,
+            y=session.last_y,
+            state=state,
+            next_step=session.next_step,
+        )
+        session.sequence_steps = 0
+        session.last_y = None
+        if reset:
+            session.model.table.reset(session.row)
+        self._touch(session)
+        return outcome
+
+    def close(self, session: Session, reason: EndReason) -> None:
+        """End the session now and free its row (after any step in flight)."""
+        if session.ended is not None:
+            return
+        session.ended = reason
+        self._sessions.pop(session.id, None)
+        self.ended_counts[reason] += 1
+        owner, session.owner = session.owner, None
+        if owner is not None and reason is not EndReason.CLIENT_END:
+            owner.end(reason)
+        if session.inflight is None:
+            self._release_row(session)
+
+    def delete(self, session_id: str) -> bool:
+        """DeleteSession: end it now; False when there was no such session."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return False
+        self.close(session, EndReason.DELETED)
+        return True
+
+    def expire_idle(self) -> list[Session]:
+        """End every session without a stream that has been idle longer than its TTL."""
+        now = self.clock()
+        deadline = now - self.settings.idle_ttl_s
+        expired: list[Session] = []
+        for session in list(self._sessions.values()):
+            if session.last_active > deadline:
+                break  # the rest were active more recently
+            if session.live or session.inflight is not None:
+                continue
+            expired.append(session)
+        for session in expired:
+            self.close(session, EndReason.IDLE_TTL)
+        return expired
+
+    def drain(self) -> None:
+        """Refuse new sessions and end every live stream with the DRAINING reason.
+
+        The sessions themselves stay (a restored server can resume them).
+        """
+        self.draining = True
+        for session in list(self._sessions.values()):
+            owner, session.owner = session.owner, None
+            if owner is not None:
+                owner.end(EndReason.DRAINING)
+
+    def sessions(self) -> list[Session]:
+        """Every session, least recently active first."""
+        return list(self._sessions.values())
+
+    def _evict_one(self, loaded: LoadedModel) -> bool:
+        """Evict the least recently used idle session of ``loaded``; False if none can go."""
+        for session in self._sessions.values():
+            if session.model is loaded and not session.live and session.inflight is None:
+                self.close(session, EndReason.EVICTED)
+                return True
+        return False
+
+    def _touch(self, session: Session) -> None:
+        """Mark activity: the session moves to the back of the expiry order."""
+        session.last_active = self.clock()
+        if session.ended is None:
+            self._sessions.move_to_end(session.id)
+
+    def _release_row(self, session: Session) -> None:
+        """Give the session's state row back (once)."""
+        if session.row >= 0:
+            session.model.table.release(session.row)
+            session.row = -1
+
+    def _check_alive(self, session: Session) -> None:
+        """Refuse work on a session that has ended."""
+        if session.ended is not None:
+            raise NotFound(
+                f"session {session.id} has ended: {END_MESSAGES[session.ended]}; open a new one"
+            )

@@ -1,0 +1,125 @@
+"""Server configuration: one typed ``Settings`` built from ``RNNSTREAM_*`` variables and flags.
+
+Every field ``foo_bar`` is read from ``RNNSTREAM_FOO_BAR`` and can be overridden by the
+``--foo-bar`` flag of ``rnnstream serve``. Nothing else in the server reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "RNNSTREAM_"
+
+
+def bundled_models_dir() -> Path:
+    """The ``models/`` folder shipped beside the code (the repository or the image)."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told; see the README's configuration table."""
+
+    models: Path = field(
+        default_factory=bundled_models_dir,
+        metadata={"help": "model repository: <name>/<version>/{model.onnx,manifest.json}"},
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: pick a free one)"})
+    default_model: str = field(
+        default="seattle-temp",
+        metadata={"help": "model an empty Open.model selects (first model if absent)"},
+    )
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto (CUDA when it really loads, else CPU), cuda or cpu"},
+    )
+    max_sessions: int = field(
+        default=100_000,
+        metadata={
+            "help": "sessions per model; at the limit the least recently used idle "
+            "session is evicted, or Open is refused with RESOURCE_EXHAUSTED"
+        },
+    )
+    idle_ttl_s: float = field(
+        default=600.0,
+        metadata={"help": "seconds a session without a stream waits to be resumed"},
+    )
+    max_batch: int = field(
+        default=512, metadata={"help": "most sessions run in one onnxruntime call"}
+    )
+    max_steps_per_message: int = field(
+        default=65_536, metadata={"help": "most time steps in one Steps or Predict message"}
+    )
+    max_message_bytes: int = field(
+        default=16 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"}
+    )
+    replay_steps: int = field(
+        default=64,
+        metadata={"help": "outputs kept per session to answer retransmitted steps"},
+    )
+    intra_op_threads: int = field(
+        default=1, metadata={"help": "onnxruntime intra-op threads per model"}
+    )
+    grace_s: float = field(
+        default=10.0, metadata={"help": "seconds in-flight work may take when draining"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    log_format: str = field(default="text", metadata={"help": "text or json"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.device not in ("auto", "cuda", "cpu"):
+            problems.append(f"device is {self.device!r}: use auto, cuda or cpu")
+        if self.log_format not in ("text", "json"):
+            problems.append(f"log_format is {self.log_format!r}: use text or json")
+        for name in ("max_sessions", "max_batch", "max_steps_per_message", "intra_op_threads"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is outside 0..65535")
+        if self.idle_ttl_s <= 0:
+            problems.append("idle_ttl_s must be positive")
+        if self.replay_steps < 0:
+            problems.append("replay_steps must be 0 or more")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``RNNSTREAM_*`` variables, then ``overrides`` (None means unset)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(cls, f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of one field."""
+        return str(next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"])
+
+
+def _parse(cls: type[Settings], name: str, raw: str) -> Any:
+    """Convert an environment string to the field's type, naming the variable on failure."""
+    kind = get_type_hints(cls)[name]
+    try:
+        if kind is Path:
+            return Path(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from exc

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny models written in milliseconds, and a real server on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_model import TinyRnn
+
+TINY = TinyRnn.random(n_features=2, hidden=5, n_outputs=3, seed=1)
+TINY_M2O = TinyRnn.random(n_features=3, hidden=4, n_outputs=1, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository: tiny/1 (F=2, O=3, many-to-many) and tiny-m2o/1 (many-to-one)."""
+    root = tmp_path_factory.mktemp("models")
+    TINY.write(root / "tiny" / "1", "tiny", "1")
+    TINY_M2O.write(root / "tiny-m2o" / "1", "tiny-m2o", "1", return_sequences=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: Path) -> Iterator[object]:
+    """A real rnnstream server on 127.0.0.1 and a free port, serving the tiny models."""
+    from service.server import BackgroundServer
+    from service.settings import Settings
+
+    settings = Settings.from_env(
+        {}, models=tiny_models, host="127.0.0.1", port=0, default_model="tiny", grace_s=1.0
+    )
+    with BackgroundServer(settings) as running:
+        yield running
