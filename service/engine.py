@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,8 @@ class Engine:
         self.name = name
         self.batches = 0
         self.sequence_steps = 0
+        # Called on the engine thread with each batch's size (metrics); must be thread-safe.
+        self.on_batch: Callable[[int], None] | None = None
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -180,6 +183,8 @@ class Engine:
             return
         self.batches += 1
         self.sequence_steps += len(x)
+        if self.on_batch is not None:
+            self.on_batch(len(x))
         offset = 0
         for request in batch:
             part = slice(offset, offset + request.k)

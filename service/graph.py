@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from rnnstream.manifest import INPUT_STATE, INPUT_X, OUTPUT_STATE, OUTPUT_Y, Manifest, sha256_file
+from rnnstream.manifest import INPUT_STATE, INPUT_X, OUTPUT_STATE, OUTPUT_Y, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,11 @@ class StepGraph:
         return y, state_out
 
 
-def check_graph(graph: StepGraph, manifest: Manifest, path: Path) -> None:
+def check_graph(graph: StepGraph, manifest: Manifest, path: Path, actual_sha256: str) -> None:
     """Raise GraphMismatch naming every way ``path`` differs from its manifest."""
     problems: list[str] = []
     if manifest.onnx_sha256:
-        actual = sha256_file(path)
+        actual = actual_sha256
         if actual != manifest.onnx_sha256:
             problems.append(
                 f"{path.name} has sha256 {actual[:12]}..., the manifest records "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnstream.manifest import MANIFEST_FILE, Manifest, ManifestError
+from rnnstream.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
 from service.engine import Engine
 from service.errors import NotFound
 from service.graph import GraphMismatch, StepGraph, check_graph
@@ -34,6 +34,7 @@ class LoadedModel:
 
     manifest: Manifest
     path: Path
+    sha256: str  # of model.onnx: which graph a saved state row belongs to
     graph: StepGraph
     table: StateTable
     engine: Engine
@@ -66,7 +67,8 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
     if not onnx_path.is_file():
         raise ManifestError(f"{onnx_path} does not exist (named by {directory / MANIFEST_FILE})")
     graph = StepGraph(onnx_path, manifest, settings.device, settings.intra_op_threads)
-    check_graph(graph, manifest, onnx_path)
+    sha256 = sha256_file(onnx_path)
+    check_graph(graph, manifest, onnx_path, sha256)
     if isinstance(manifest.initial_state, list):
         initial = np.asarray(manifest.initial_state, dtype=np.float32)
     else:
@@ -85,7 +87,7 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         manifest.state_size,
         graph.provider,
     )
-    return LoadedModel(manifest, directory, graph, table, engine)
+    return LoadedModel(manifest, directory, sha256, graph, table, engine)
 
 
 class ModelRepository:

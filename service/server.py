@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,8 @@ from grpc_reflection.v1alpha import reflection
 
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
+from service import snapshot
+from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.servicer import PredictorServicer
 from service.sessions import SessionManager
@@ -47,7 +50,8 @@ class RunningServer:
     sessions: SessionManager
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     settings: Settings
-    _reaper: asyncio.Task[None]
+    metrics: Metrics
+    _tasks: list[asyncio.Task[None]]
 
     @property
     def address(self) -> str:
@@ -58,16 +62,65 @@ class RunningServer:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new work, end live streams, finish in-flight, stop."""
+        """Drain: NOT_SERVING, refuse new work, end live streams, finish in-flight, snapshot."""
         grace = self.settings.grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         self.sessions.drain()
         await self.server.stop(grace)
-        self._reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reaper
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.sessions.settle_all()
+        save_snapshot(self.sessions, self.settings)
         await asyncio.get_running_loop().run_in_executor(None, self.repository.close)
-        log.info("stopped: %d sessions were open", len(self.sessions))
+        self.metrics.close()
+        log.info("stopped")
+
+
+def save_snapshot(sessions: SessionManager, settings: Settings) -> None:
+    """Write every session to the state directory (when there is one)."""
+    path = settings.snapshot_path
+    if path is None:
+        return
+    count = snapshot.write(path, sessions.snapshot())
+    log.info("snapshot: %d sessions written to %s", count, path)
+
+
+def restore_snapshot(sessions: SessionManager, settings: Settings) -> None:
+    """Bring back the sessions of the last snapshot, if there is one."""
+    path = settings.snapshot_path
+    if path is None or not path.exists():
+        return
+    try:
+        written_at, groups = snapshot.read(path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.error("snapshot %s is unreadable, starting without it: %s", path, exc)
+        return
+    restored = sessions.restore(groups)
+    age = time.time() - written_at
+    log.info(
+        "restored %d sessions from %s (written %.1fs ago); %d refused",
+        restored,
+        path,
+        age,
+        len(sessions.refused),
+    )
+    for session_id, reason in list(sessions.refused.items())[:20]:
+        log.warning(
+            "session %s not restored: %s", session_id, reason, extra={"session_id": session_id}
+        )
+
+
+async def _snapshot_periodically(sessions: SessionManager, settings: Settings) -> None:
+    """Snapshot every ``snapshot_interval_s``: what a crash (kill -9) can lose is bounded."""
+    while True:
+        await asyncio.sleep(settings.snapshot_interval_s)
+        try:
+            save_snapshot(sessions, settings)
+        except OSError as exc:
+            log.error("periodic snapshot failed: %s", exc)
 
 
 async def _reap(sessions: SessionManager) -> None:
@@ -83,6 +136,10 @@ async def start(settings: Settings) -> RunningServer:
     """Load the models and start serving; returns once the port is bound."""
     repository = ModelRepository.load(settings)
     sessions = SessionManager(repository, settings)
+    restore_snapshot(sessions, settings)
+    metrics = Metrics(sessions)
+    for model in repository.models():
+        model.engine.on_batch = metrics.batch_size.observe
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -92,7 +149,7 @@ async def start(settings: Settings) -> RunningServer:
         ]
     )
     pb_grpc.add_PredictorServicer_to_server(
-        PredictorServicer(repository, sessions, settings), server
+        PredictorServicer(repository, sessions, settings, metrics), server
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -115,8 +172,14 @@ async def start(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reaper = asyncio.create_task(_reap(sessions), name="session-reaper")
-    running = RunningServer(server, port, repository, sessions, health_servicer, settings, reaper)
+    tasks = [asyncio.create_task(_reap(sessions), name="session-reaper")]
+    if settings.snapshot_interval_s > 0:
+        tasks.append(asyncio.create_task(_snapshot_periodically(sessions, settings)))
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.host)
+    running = RunningServer(
+        server, port, repository, sessions, health_servicer, settings, metrics, tasks
+    )
     models = ", ".join(m.key for m in repository.models())
     log.info(
         "serving %s on %s:%d (default model %s)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 from service import codec
 from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from service.metrics import Metrics
 from service.predict import predict
 from service.repository import ModelRepository
 from service.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
@@ -44,6 +46,7 @@ def _unary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await handler(self, request, context)
         except ServiceError as exc:
+            self.metrics.error(exc.code)
             await context.abort(exc.code, exc.message)
             raise  # abort raises; this line is never reached
 
@@ -54,11 +57,16 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     """rnnstream.v1.Predictor over a model repository and a session manager."""
 
     def __init__(
-        self, repository: ModelRepository, sessions: SessionManager, settings: Settings
+        self,
+        repository: ModelRepository,
+        sessions: SessionManager,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self.repository = repository
         self.sessions = sessions
         self.settings = settings
+        self.metrics = metrics
         self._model_infos = {
             model.key: codec.model_info(model.manifest, model.graph)
             for model in repository.models()
@@ -101,7 +109,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             idle_s=now - session.last_active,
             live=session.live,
             sequence_steps=session.sequence_steps,
-            idle_ttl_s=self.settings.idle_ttl_s,
+            idle_ttl_s=session.idle_ttl_s,
+            restored_step=session.restored_step,
         )
 
     @_unary
@@ -141,6 +150,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 )
             )
         except ServiceError as exc:
+            self.metrics.error(exc.code)
             await context.abort(exc.code, exc.message)
         finally:
             if session is not None:
@@ -169,6 +179,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             open_.session_id,
             open_.return_sequences if open_.HasField("return_sequences") else None,
             open_.return_state,
+            open_.idle_ttl_s,
         )
         self.sessions.attach(session, handle)
         await self.sessions.settle(session)
@@ -180,6 +191,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                     next_step=session.next_step,
                     return_sequences=session.return_sequences,
                     return_state=session.return_state,
+                    idle_ttl_s=session.idle_ttl_s,
+                    restored_step=session.restored_step,
                 )
             )
         )
@@ -202,6 +215,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             assert isinstance(request, pb.StreamRequest)
             kind = request.WhichOneof("kind")
             if kind == "steps":
+                began = time.perf_counter()
                 x = codec.decode_steps(request.steps.x, manifest, max_steps, "Steps.x")
                 out = await self.sessions.steps(session, request.steps.start, x)
                 if session.return_sequences:
@@ -214,6 +228,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                             )
                         )
                     )
+                self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":
                 await context.write(await self._final(session, reset=request.end.reset))
                 if request.end.close:

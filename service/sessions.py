@@ -33,8 +33,10 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from service.expiry import ExpiryQueue
 from service.repository import LoadedModel, ModelRepository
 from service.settings import Settings
+from service.snapshot import ModelSessions, SessionRecord
 
 
 class EndReason(enum.Enum):
@@ -106,15 +108,18 @@ class Session:
         "created",
         "ended",
         "id",
+        "idle_ttl_s",
         "inflight",
         "last_active",
         "last_y",
         "model",
         "next_step",
         "owner",
+        "pending_state",
         "replay_start",
         "replay_states",
         "replay_y",
+        "restored_step",
         "return_sequences",
         "return_state",
         "row",
@@ -128,6 +133,7 @@ class Session:
         row: int,
         return_sequences: bool,
         return_state: bool,
+        idle_ttl_s: float,
         now: float,
     ) -> None:
         self.id = session_id
@@ -135,11 +141,16 @@ class Session:
         self.row = row
         self.return_sequences = return_sequences
         self.return_state = return_state
+        self.idle_ttl_s = idle_ttl_s
         self.next_step = 0
         self.sequence_steps = 0
         self.created = now
         self.last_active = now
         self.inflight: asyncio.Future[StepResult] | None = None
+        # The state row as it was before the step in flight: what a snapshot taken while
+        # the engine runs records, consistent with next_step (not advanced until it ends).
+        self.pending_state: np.ndarray | None = None
+        self.restored_step: int | None = None
         self.owner: StreamHandle | None = None
         self.ended: EndReason | None = None
         self.last_y: np.ndarray | None = None  # [O] of the last step
@@ -151,6 +162,17 @@ class Session:
     def live(self) -> bool:
         """Whether a stream is attached."""
         return self.owner is not None
+
+    @property
+    def expires_at(self) -> float:
+        """When the session ends if nothing happens (live sessions are postponed)."""
+        return self.last_active + self.idle_ttl_s
+
+    def state_row(self) -> np.ndarray:
+        """A copy of the state consistent with ``next_step``: ``[S]``."""
+        if self.inflight is not None and self.pending_state is not None:
+            return self.pending_state.copy()
+        return self.model.table.rows[self.row].copy()
 
 
 class SessionManager:
@@ -174,9 +196,15 @@ class SessionManager:
         self.settings = settings
         self.clock = clock
         self.draining = False
-        # Least recently active first: the order TTL expiry and eviction walk.
+        # Least recently active first: the order eviction walks.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._expiry: ExpiryQueue[Session] = ExpiryQueue(
+            deadline=lambda s: s.expires_at, gone=lambda s: s.ended is not None
+        )
+        self.live_streams = 0
         self.ended_counts: dict[EndReason, int] = dict.fromkeys(EndReason, 0)
+        # Sessions a snapshot held but that could not be restored, with the reason.
+        self.refused: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -184,6 +212,8 @@ class SessionManager:
     def get(self, session_id: str) -> Session:
         """The session with this id, or NotFound saying what to do."""
         session = self._sessions.get(session_id)
+        if session is None and session_id in self.refused:
+            raise NotFound(f"session {session_id!r} was not restored: {self.refused[session_id]}")
         if session is None:
             raise NotFound(
                 f"session {session_id!r} does not exist: it ended, expired after "
@@ -199,16 +229,27 @@ class SessionManager:
         session_id: str,
         return_sequences: bool | None,
         return_state: bool,
+        idle_ttl_s: float = 0.0,
     ) -> Session:
         """A new session (empty ``session_id``) or the existing one to resume.
 
         ``return_sequences`` None means the model's default mode (new session) or the
-        session's current mode (resume).
+        session's current mode (resume); ``idle_ttl_s`` 0 the server's default (new) or
+        the session's current TTL (resume).
         """
         if self.draining:
             raise Unavailable("the server is draining: open the session on another server")
+        ttl = self._check_ttl(idle_ttl_s)
         if session_id:
-            return self._resume(model, version, session_id, return_sequences, return_state)
+            session = self._resume(model, version, session_id, return_sequences, return_state)
+            if ttl:
+                session.idle_ttl_s = ttl
+            return session
+        if self.live_streams >= self.settings.max_streams:
+            raise ResourceExhausted(
+                f"the server already carries {self.live_streams} live streams (--max-streams): "
+                "close idle streams or retry later"
+            )
         loaded = self.repository.get(model, version)
         if loaded.table.free == 0 and not self._evict_one(loaded):
             raise ResourceExhausted(
@@ -225,10 +266,25 @@ class SessionManager:
                 loaded.manifest.return_sequences if return_sequences is None else return_sequences
             ),
             return_state=return_state,
+            idle_ttl_s=ttl or self.settings.idle_ttl_s,
             now=now,
         )
-        self._sessions[session.id] = session
+        self._add(session)
         return session
+
+    def _add(self, session: Session) -> None:
+        """Track a new or restored session."""
+        self._sessions[session.id] = session
+        self._expiry.push(session)
+
+    def _check_ttl(self, idle_ttl_s: float) -> float:
+        """A client's idle TTL request, checked against the server's maximum (0: none)."""
+        if idle_ttl_s < 0 or idle_ttl_s > self.settings.max_idle_ttl_s or idle_ttl_s != idle_ttl_s:
+            raise InvalidArgument(
+                f"Open.idle_ttl_s is {idle_ttl_s:g}: ask for 0 (the server's default, "
+                f"{self.settings.idle_ttl_s:g}s) up to {self.settings.max_idle_ttl_s:g}s"
+            )
+        return idle_ttl_s
 
     def _resume(
         self,
@@ -257,14 +313,23 @@ class SessionManager:
         """Make ``handle`` the session's live stream; an older stream is superseded."""
         old = session.owner
         session.owner = handle
-        if old is not None and old is not handle:
+        if old is None:
+            self.live_streams += 1
+        elif old is not handle:
             old.end(EndReason.SUPERSEDED)
 
     def detach(self, session: Session, handle: StreamHandle) -> None:
         """The stream ``handle`` is gone; the session waits to be resumed."""
         if session.owner is handle:
-            session.owner = None
+            self._drop_owner(session)
             self._touch(session)
+
+    def _drop_owner(self, session: Session) -> StreamHandle | None:
+        """Detach the session's stream, if any, and return it."""
+        owner, session.owner = session.owner, None
+        if owner is not None:
+            self.live_streams -= 1
+        return owner
 
     async def settle(self, session: Session) -> None:
         """Wait until the session has no step in flight (a stream it moved from may have one)."""
@@ -290,6 +355,7 @@ class SessionManager:
             self._touch(session)
             return StepsOutcome(replayed_from, replayed_y, replayed_states, applied=0)
         loaded = session.model
+        session.pending_state = loaded.table.rows[session.row].copy()
         future = loaded.engine.submit(
             new_x[None], rows=np.array([session.row]), want_states=session.return_state
         )
@@ -314,6 +380,7 @@ class SessionManager:
     def _record(self, session: Session, future: asyncio.Future[StepResult]) -> None:
         """Advance the session's bookkeeping after the engine ran its steps."""
         session.inflight = None
+        session.pending_state = None
         if future.cancelled() or future.exception() is not None:
             return
         result = future.result()
@@ -398,7 +465,7 @@ class SessionManager:
         session.ended = reason
         self._sessions.pop(session.id, None)
         self.ended_counts[reason] += 1
-        owner, session.owner = session.owner, None
+        owner = self._drop_owner(session)
         if owner is not None and reason is not EndReason.CLIENT_END:
             owner.end(reason)
         if session.inflight is None:
@@ -415,14 +482,13 @@ class SessionManager:
     def expire_idle(self) -> list[Session]:
         """End every session without a stream that has been idle longer than its TTL."""
         now = self.clock()
-        deadline = now - self.settings.idle_ttl_s
         expired: list[Session] = []
-        for session in list(self._sessions.values()):
-            if session.last_active > deadline:
-                break  # the rest were active more recently
-            if session.live or session.inflight is not None:
-                continue
-            expired.append(session)
+        busy: list[Session] = []
+        for session in self._expiry.due(now):
+            (busy if session.live or session.inflight is not None else expired).append(session)
+        for session in busy:  # a live stream keeps its session; look again a TTL later
+            session.last_active = now
+            self._expiry.push(session)
         for session in expired:
             self.close(session, EndReason.IDLE_TTL)
         return expired
@@ -434,9 +500,100 @@ class SessionManager:
         """
         self.draining = True
         for session in list(self._sessions.values()):
-            owner, session.owner = session.owner, None
+            owner = self._drop_owner(session)
             if owner is not None:
                 owner.end(EndReason.DRAINING)
+
+    async def settle_all(self) -> None:
+        """Wait until no session has a step in flight."""
+        for session in list(self._sessions.values()):
+            await self.settle(session)
+
+    def snapshot(self) -> list[ModelSessions]:
+        """Every session as snapshot records, grouped by model version."""
+        groups: dict[str, ModelSessions] = {}
+        now = self.clock()
+        for session in self._sessions.values():
+            loaded = session.model
+            group = groups.get(loaded.key)
+            if group is None:
+                m = loaded.manifest
+                group = groups[loaded.key] = ModelSessions(
+                    m.name, m.version, loaded.sha256, m.n_outputs, m.state_size
+                )
+            group.records.append(
+                SessionRecord(
+                    session_id=session.id,
+                    state=session.state_row(),
+                    next_step=session.next_step,
+                    sequence_steps=session.sequence_steps,
+                    return_sequences=session.return_sequences,
+                    return_state=session.return_state,
+                    idle_ttl_s=session.idle_ttl_s,
+                    age_s=now - session.created,
+                    last_y=session.last_y,
+                    replay_start=session.replay_start,
+                    replay_y=session.replay_y,
+                    replay_states=session.replay_states,
+                )
+            )
+        return list(groups.values())
+
+    def restore(self, groups: list[ModelSessions]) -> int:
+        """Bring back snapshot sessions whose model version and graph are still served.
+
+        Sessions of a model that is gone or whose graph changed are refused, each with a
+        reason a resuming client is told; their state is never applied to another graph.
+        Returns how many sessions were restored.
+        """
+        now = self.clock()
+        restored = 0
+        for group in groups:
+            reason = self._restore_refusal(group)
+            if reason is not None:
+                self.refused.update(dict.fromkeys((r.session_id for r in group.records), reason))
+                continue
+            loaded = self.repository.get(group.model, group.version)
+            for record in group.records:
+                if loaded.table.free == 0 or record.session_id in self._sessions:
+                    self.refused[record.session_id] = "the restored server had no room for it"
+                    continue
+                session = Session(
+                    record.session_id,
+                    loaded,
+                    loaded.table.allocate(),
+                    record.return_sequences,
+                    record.return_state,
+                    record.idle_ttl_s,
+                    now,
+                )
+                session.created = now - record.age_s
+                loaded.table.rows[session.row] = record.state
+                session.next_step = session.restored_step = record.next_step
+                session.sequence_steps = record.sequence_steps
+                session.last_y = record.last_y
+                session.replay_start = record.replay_start
+                session.replay_y = record.replay_y
+                session.replay_states = record.replay_states
+                self._add(session)
+                restored += 1
+        return restored
+
+    def _restore_refusal(self, group: ModelSessions) -> str | None:
+        """Why a snapshot group cannot be restored, or None when it can."""
+        try:
+            loaded = self.repository.get(group.model, group.version)
+        except NotFound:
+            return f"its model {group.model}/{group.version} is not served any more"
+        if loaded.sha256 != group.onnx_sha256:
+            return (
+                f"its state belongs to another graph of {group.model}/{group.version} "
+                f"(sha256 {group.onnx_sha256[:12]}..., now {loaded.sha256[:12]}...)"
+            )
+        m = loaded.manifest
+        if (m.n_outputs, m.state_size) != (group.n_outputs, group.state_size):
+            return f"its shapes differ from the served {group.model}/{group.version}"
+        return None
 
     def sessions(self) -> list[Session]:
         """Every session, least recently active first."""

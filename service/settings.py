@@ -48,7 +48,30 @@ class Settings:
     )
     idle_ttl_s: float = field(
         default=600.0,
-        metadata={"help": "seconds a session without a stream waits to be resumed"},
+        metadata={
+            "help": "seconds a session without a stream waits to be resumed "
+            "(a client may ask for another value in Open.idle_ttl_s)"
+        },
+    )
+    max_idle_ttl_s: float = field(
+        default=86_400.0, metadata={"help": "longest idle TTL a client may ask for"}
+    )
+    max_streams: int = field(
+        default=10_000, metadata={"help": "most live streams at once; more are refused"}
+    )
+    state_dir: str = field(
+        default="~/.local/state/rnnstream",
+        metadata={
+            "help": "where sessions are snapshotted at shutdown and restored at start "
+            "(empty: keep nothing across restarts)"
+        },
+    )
+    snapshot_interval_s: float = field(
+        default=0.0,
+        metadata={"help": "also snapshot every N seconds, bounding what a crash loses (0: off)"},
+    )
+    metrics_port: int = field(
+        default=0, metadata={"help": "serve Prometheus metrics on this HTTP port (0: off)"}
     )
     max_batch: int = field(
         default=512, metadata={"help": "most sessions run in one onnxruntime call"}
@@ -78,13 +101,23 @@ class Settings:
             problems.append(f"device is {self.device!r}: use auto, cuda or cpu")
         if self.log_format not in ("text", "json"):
             problems.append(f"log_format is {self.log_format!r}: use text or json")
-        for name in ("max_sessions", "max_batch", "max_steps_per_message", "intra_op_threads"):
+        for name in (
+            "max_sessions",
+            "max_batch",
+            "max_steps_per_message",
+            "intra_op_threads",
+            "max_streams",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is outside 0..65535")
-        if self.idle_ttl_s <= 0:
-            problems.append("idle_ttl_s must be positive")
+        if not 0 < self.idle_ttl_s <= self.max_idle_ttl_s:
+            problems.append("idle_ttl_s must be positive and at most max_idle_ttl_s")
+        if self.snapshot_interval_s < 0:
+            problems.append("snapshot_interval_s must be 0 (off) or positive")
+        if not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port {self.metrics_port} is outside 0..65535")
         if self.replay_steps < 0:
             problems.append("replay_steps must be 0 or more")
         if problems:
@@ -101,6 +134,13 @@ class Settings:
                 values[f.name] = _parse(cls, f.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def snapshot_path(self) -> Path | None:
+        """The session snapshot file, or None when nothing is kept across restarts."""
+        if not self.state_dir:
+            return None
+        return Path(self.state_dir).expanduser() / "sessions.snapshot.npz"
 
     @classmethod
     def help(cls, name: str) -> str:

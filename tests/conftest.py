@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,13 @@ from tests.tiny_model import TinyRnn
 
 TINY = TinyRnn.random(n_features=2, hidden=5, n_outputs=3, seed=1)
 TINY_M2O = TinyRnn.random(n_features=3, hidden=4, n_outputs=1, seed=2)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +37,13 @@ def server(tiny_models: Path) -> Iterator[object]:
     from service.settings import Settings
 
     settings = Settings.from_env(
-        {}, models=tiny_models, host="127.0.0.1", port=0, default_model="tiny", grace_s=1.0
+        {},
+        models=tiny_models,
+        host="127.0.0.1",
+        port=0,
+        default_model="tiny",
+        grace_s=1.0,
+        state_dir="",
     )
     with BackgroundServer(settings) as running:
         yield running

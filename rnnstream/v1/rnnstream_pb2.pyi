@@ -98,6 +98,7 @@ class Open(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     RETURN_SEQUENCES_FIELD_NUMBER: _builtins.int
     RETURN_STATE_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_S_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name; empty: the server's default model."""
     version: _builtins.str
@@ -111,6 +112,10 @@ class Open(_message.Message):
     """
     return_state: _builtins.bool
     """Also return the recurrent state after each step (Outputs.state, Final.state)."""
+    idle_ttl_s: _builtins.float
+    """Seconds this session may wait without a stream before it ends; 0: the server's
+    default. At most the server's maximum (--max-idle-ttl-s).
+    """
     def __init__(
         self,
         *,
@@ -119,10 +124,11 @@ class Open(_message.Message):
         session_id: _builtins.str = ...,
         return_sequences: _builtins.bool | None = ...,
         return_state: _builtins.bool = ...,
+        idle_ttl_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "return_sequences", b"return_sequences"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "model", b"model", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__return_sequences: _TypeAlias = _typing.Literal["return_sequences"]  # noqa: Y015
     _WhichOneofArgType__return_sequences: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences"]  # noqa: Y015
@@ -235,6 +241,8 @@ class Opened(_message.Message):
     NEXT_STEP_FIELD_NUMBER: _builtins.int
     RETURN_SEQUENCES_FIELD_NUMBER: _builtins.int
     RETURN_STATE_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_S_FIELD_NUMBER: _builtins.int
+    RESTORED_STEP_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Server-generated, unguessable. Keep it to resume after a disconnect."""
     next_step: _builtins.int
@@ -242,6 +250,12 @@ class Opened(_message.Message):
     return_sequences: _builtins.bool
     """The mode the session runs in, after applying the model's default."""
     return_state: _builtins.bool
+    idle_ttl_s: _builtins.float
+    """The idle TTL in force for this session."""
+    restored_step: _builtins.int
+    """Set when the session was restored from a snapshot after a restart: the step its
+    state is from. Steps the client sent after it were lost; resend from next_step.
+    """
     @_builtins.property
     def model(self) -> Global___ModelInfo: ...
     def __init__(
@@ -252,12 +266,16 @@ class Opened(_message.Message):
         next_step: _builtins.int = ...,
         return_sequences: _builtins.bool = ...,
         return_state: _builtins.bool = ...,
+        idle_ttl_s: _builtins.float = ...,
+        restored_step: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step", "model", b"model", "restored_step", b"restored_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "next_step", b"next_step", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "next_step", b"next_step", "restored_step", b"restored_step", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__restored_step: _TypeAlias = _typing.Literal["restored_step"]  # noqa: Y015
+    _WhichOneofArgType__restored_step: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__restored_step) -> _WhichOneofReturnType__restored_step | None: ...
 
 Global___Opened: _TypeAlias = Opened  # noqa: Y015
 
@@ -570,6 +588,7 @@ class SessionInfo(_message.Message):
     LIVE_FIELD_NUMBER: _builtins.int
     SEQUENCE_STEPS_FIELD_NUMBER: _builtins.int
     IDLE_TTL_S_FIELD_NUMBER: _builtins.int
+    RESTORED_STEP_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     next_step: _builtins.int
     model: _builtins.str
@@ -584,6 +603,8 @@ class SessionInfo(_message.Message):
     """Steps in the current sequence (since the last reset)."""
     idle_ttl_s: _builtins.float
     """Seconds of idleness after which the server ends the session."""
+    restored_step: _builtins.int
+    """Set when the session was restored from a snapshot: the step its state is from."""
     def __init__(
         self,
         *,
@@ -596,12 +617,15 @@ class SessionInfo(_message.Message):
         live: _builtins.bool = ...,
         sequence_steps: _builtins.int = ...,
         idle_ttl_s: _builtins.float = ...,
+        restored_step: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step", "restored_step", b"restored_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "idle_s", b"idle_s", "idle_ttl_s", b"idle_ttl_s", "live", b"live", "model", b"model", "next_step", b"next_step", "sequence_steps", b"sequence_steps", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step", "age_s", b"age_s", "idle_s", b"idle_s", "idle_ttl_s", b"idle_ttl_s", "live", b"live", "model", b"model", "next_step", b"next_step", "restored_step", b"restored_step", "sequence_steps", b"sequence_steps", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__restored_step: _TypeAlias = _typing.Literal["restored_step"]  # noqa: Y015
+    _WhichOneofArgType__restored_step: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__restored_step) -> _WhichOneofReturnType__restored_step | None: ...
 
 Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015
 

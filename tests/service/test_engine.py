@@ -1,0 +1,86 @@
+"""The continuous-batching engine, without a network."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnstream.manifest import Manifest
+from service.engine import Engine, EngineClosed
+from service.graph import StepGraph
+from service.state_table import StateTable
+from tests.conftest import TINY
+
+
+@pytest.fixture
+def engine(tiny_models: Path):
+    directory = tiny_models / "tiny" / "1"
+    manifest = Manifest.load(directory)
+    table = StateTable(64, manifest.state_size, np.zeros(manifest.state_size, np.float32))
+    engine = Engine(
+        StepGraph(directory / "model.onnx", manifest), table, max_batch=8, name="tiny/1"
+    )
+    yield engine
+    engine.close()
+
+
+def test_concurrent_sessions_share_batches_and_match_reference(engine):
+    x = np.random.default_rng(3).standard_normal((20, 6, 2)).astype(np.float32)
+    want, want_h = TINY.run(x)
+    rows = [engine.table.allocate() for _ in range(20)]
+
+    async def drive():
+        return await asyncio.gather(
+            *(
+                engine.submit(x[i : i + 1], rows=np.array([rows[i]]), want_states=True)
+                for i in range(20)
+            )
+        )
+
+    results = asyncio.run(drive())
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result.y[0], want[i], atol=1e-5)
+        np.testing.assert_allclose(engine.table.rows[rows[i]], want_h[i, -1], atol=1e-5)
+    # 20 sessions x 6 steps ran in batches of up to 8 sessions, not 120 separate calls
+    assert engine.sequence_steps == 120
+    assert engine.batches < 120
+
+
+def test_private_state_leaves_table_alone(engine):
+    x = np.random.default_rng(4).standard_normal((3, 4, 2)).astype(np.float32)
+    before = engine.table.rows.copy()
+
+    async def drive():
+        return await engine.submit(x, state=np.zeros((3, 5), np.float32))
+
+    result = asyncio.run(drive())
+    np.testing.assert_allclose(result.y, TINY.run(x)[0], atol=1e-5)
+    np.testing.assert_array_equal(engine.table.rows, before)
+
+
+def test_closed_engine_refuses_work(engine):
+    engine.close()
+
+    async def drive():
+        engine.submit(np.zeros((1, 1, 2), np.float32), rows=np.array([0]))
+
+    with pytest.raises(EngineClosed):
+        asyncio.run(drive())
+
+
+def test_state_table_free_list():
+    table = StateTable(2, 3, np.array([1.0, 2.0, 3.0], np.float32))
+    a, b = table.allocate(), table.allocate()
+    assert (a, b) == (0, 1) and table.free == 0
+    np.testing.assert_array_equal(table.rows[a], [1.0, 2.0, 3.0])
+    from service.errors import ResourceExhausted
+
+    with pytest.raises(ResourceExhausted, match="all 2 session rows"):
+        table.allocate()
+    table.rows[a] = 9.0
+    table.release(a)
+    assert table.allocate() == a
+    np.testing.assert_array_equal(table.rows[a], [1.0, 2.0, 3.0])  # reset on reuse

@@ -1,0 +1,26 @@
+"""The committed stubs in rnnstream/v1 are exactly what `make proto` generates from proto/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_generated_stubs_are_fresh(tmp_path):
+    subprocess.run(
+        [sys.executable, str(REPO / "proto" / "generate.py"), "--out", str(tmp_path)],
+        check=True,
+        timeout=120,
+    )
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(
+        p.relative_to(REPO)
+        for p in (REPO / "rnnstream" / "v1").iterdir()
+        if p.name.startswith("rnnstream_pb2")
+    )
+    assert generated == committed
+    stale = [str(p) for p in generated if (tmp_path / p).read_bytes() != (REPO / p).read_bytes()]
+    assert not stale, f"stale generated code, run `make proto`: {stale}"

@@ -1,0 +1,27 @@
+"""Settings come from defaults, then RNNSTREAM_* variables, then flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, bundled_models_dir
+
+
+def test_defaults_follow_the_architecture():
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.models) == ("0.0.0.0", 50051, bundled_models_dir())
+
+
+def test_environment_then_overrides():
+    env = {"RNNSTREAM_PORT": "6000", "RNNSTREAM_MODELS": "/m", "RNNSTREAM_IDLE_TTL_S": "1.5"}
+    s = Settings.from_env(env, port=7000, host=None)
+    assert (s.port, s.models, s.idle_ttl_s, s.host) == (7000, Path("/m"), 1.5, "0.0.0.0")
+
+
+def test_bad_values_name_the_variable():
+    with pytest.raises(ValueError, match="RNNSTREAM_PORT='x' is not a valid int"):
+        Settings.from_env({"RNNSTREAM_PORT": "x"})
+    with pytest.raises(ValueError, match="device is 'tpu'"):
+        Settings.from_env({}, device="tpu")
