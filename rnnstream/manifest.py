@@ -6,6 +6,9 @@ whole recurrent state flattened batch first (for an L-layer LSTM, ``S = 2 * L * 
 then c), so a server can keep it as one opaque row per session. Normalisation of inputs
 and de-normalisation of outputs happen inside the graph.
 
+An optional ``sequence.onnx`` holds the same weights over a whole chunk of steps
+(``x [B, T, F] -> y [B, T, O]``), so many steps of one message cost one call.
+
 ``manifest.json`` says everything the server and clients need to know about the graph.
 This module is plain Python (json + dataclasses): the exporter writes it, the server and
 the SDK read it.
@@ -22,6 +25,7 @@ from typing import Any, Literal
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
+SEQUENCE_ONNX_FILE = "sequence.onnx"
 FORMAT_VERSION = 1
 
 INPUT_X = "x"
@@ -90,6 +94,11 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     onnx_file: str = ONNX_FILE
     onnx_sha256: str = ""
+    # Optional: the same network over whole chunks, ``(x [B, T, F], state [B, S]) ->
+    # (y [B, T, O], state_out [B, S])`` with B and T dynamic. A server runs a message of
+    # many steps through it in one call; empty when the artifact has none.
+    sequence_onnx_file: str = ""
+    sequence_onnx_sha256: str = ""
     opset: int = 17
     versions: dict[str, str] = field(default_factory=dict)
     # The exact command that produced the artifact.

@@ -1,0 +1,147 @@
+"""The recurrent network: Elman RNN, GRU or LSTM, 1..n layers, a linear head.
+
+Per layer and step (``x_t`` the layer input, ``h_{t-1}`` its previous state):
+
+- ``rnn``  (Elman): ``h_t = tanh(W_xh x_t + W_hh h_{t-1} + b)``
+- ``gru``:  gates ``r, z`` decide how much of ``h_{t-1}`` to reset and to keep
+- ``lstm``: a cell ``c_t`` with input/forget/output gates; the state is ``(h_t, c_t)``
+
+and the head reads the top layer: ``y_t = W_hy h_t + b_y``.
+
+Inputs are raw units: ``(x - x_mean) / x_std`` and ``y * y_std + y_mean`` are buffers inside
+the module, so the exported graph takes and returns raw values. The recurrent state is
+carried *flattened*, one row per sequence: ``state [B, S]`` with ``S = k * L * H`` (``k = 2``
+for the LSTM). A row is the concatenation over layers ``0..L-1`` of ``h``, then (LSTM only)
+over layers ``0..L-1`` of ``c``; each block is ``H`` wide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from export.data import Stats
+
+CELL_TYPES: dict[str, type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]] = {
+    "rnn": nn.RNN,  # Elman, nonlinearity tanh
+    "gru": nn.GRU,
+    "lstm": nn.LSTM,
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; saved in the manifest's ``config``."""
+
+    cell: str = "gru"  # rnn | gru | lstm
+    n_features: int = 1  # F: inputs per step
+    n_outputs: int = 1  # O: outputs per step
+    hidden_size: int = 32  # H: units per layer
+    layers: int = 1  # L: stacked recurrent layers
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELL_TYPES:
+            raise ValueError(f"cell is {self.cell!r}, expected one of {', '.join(CELL_TYPES)}")
+        for key in ("n_features", "n_outputs", "hidden_size", "layers"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+
+    @property
+    def state_blocks(self) -> int:
+        """``k * L``: the number of ``H``-wide blocks in a state row."""
+        return (2 if self.cell == "lstm" else 1) * self.layers
+
+    @property
+    def state_size(self) -> int:
+        """S, the width of a flattened state row."""
+        return self.state_blocks * self.hidden_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+class SequenceModel(nn.Module):
+    """A recurrent network over raw-unit sequences with a flattened, batch-first state."""
+
+    def __init__(self, config: ModelConfig, stats: Stats | None = None) -> None:
+        super().__init__()
+        self.config = config
+        cell = CELL_TYPES[config.cell]
+        self.rnn = cell(
+            input_size=config.n_features,
+            hidden_size=config.hidden_size,
+            num_layers=config.layers,
+            batch_first=True,
+        )
+        self.head = nn.Linear(config.hidden_size, config.n_outputs)
+        f, o = config.n_features, config.n_outputs
+        self.x_mean: Tensor
+        self.x_std: Tensor
+        self.y_mean: Tensor
+        self.y_std: Tensor
+        self.register_buffer("x_mean", torch.zeros(f))
+        self.register_buffer("x_std", torch.ones(f))
+        self.register_buffer("y_mean", torch.zeros(o))
+        self.register_buffer("y_std", torch.ones(o))
+        if stats is not None:
+            self.set_stats(stats)
+
+    def set_stats(self, stats: Stats) -> None:
+        """Copy training-split normalisation statistics into the buffers."""
+        for name in ("x_mean", "x_std", "y_mean", "y_std"):
+            getattr(self, name).copy_(torch.as_tensor(getattr(stats, name), dtype=torch.float32))
+
+    @property
+    def state_size(self) -> int:
+        """S, the width of a flattened state row."""
+        return self.config.state_size
+
+    def zero_state(self, batch: int) -> Tensor:
+        """The initial state: zeros ``[B, S]``."""
+        return torch.zeros(batch, self.state_size, device=self.x_mean.device)
+
+    def unpack_state(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``[B, S]`` -> torch's layout: ``h [L, B, H]`` or, for the LSTM, ``(h, c)``."""
+        blocks = state.reshape(-1, self.config.state_blocks, self.config.hidden_size)  # [B, kL, H]
+        blocks = blocks.transpose(0, 1).contiguous()  # [kL, B, H]
+        if self.config.cell == "lstm":
+            layers = self.config.layers
+            return blocks[:layers].contiguous(), blocks[layers:].contiguous()  # [L, B, H] x2
+        return blocks  # [L, B, H]
+
+    def pack_state(self, state: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """Torch's layout (``h [L, B, H]`` or ``(h, c)``) -> ``[B, S]``."""
+        blocks = torch.cat(state, dim=0) if isinstance(state, tuple) else state  # [kL, B, H]
+        blocks = blocks.transpose(0, 1)  # [B, kL, H]
+        return blocks.reshape(blocks.shape[0], self.state_size)  # [B, S]
+
+    def normalize_y(self, y: Tensor) -> Tensor:
+        """Raw targets -> the normalised units the head predicts (for the loss)."""
+        return (y - self.y_mean) / self.y_std
+
+    def forward_normalized(
+        self, x: Tensor, state: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Run ``x [B, T, F]`` (raw) from ``state [B, S]`` (zeros if None).
+
+        Returns normalised outputs ``[B, T, O]``, the final state ``[B, S]`` and the top
+        layer's hidden sequence ``[B, T, H]``.
+        """
+        if state is None:
+            state = self.zero_state(x.shape[0])
+        z = (x - self.x_mean) / self.x_std  # [B, T, F]
+        hidden, final = self.rnn(z, self.unpack_state(state))  # [B, T, H]
+        return self.head(hidden), self.pack_state(final), hidden  # [B, T, O], [B, S], [B, T, H]
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run ``x [B, T, F]`` in raw units; returns ``y [B, T, O]`` (raw) and ``state [B, S]``."""
+        y, final, _ = self.forward_normalized(x, state)
+        return y * self.y_std + self.y_mean, final  # [B, T, O], [B, S]
+
+    def n_parameters(self) -> int:
+        """Trainable parameter count."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,172 @@
+"""One training run end to end: data -> split -> train -> score -> verified export -> plots."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from export import data as datasets
+from export.model import ModelConfig, SequenceModel
+from export.onnx import Parity, write_artifact
+from export.train import Predictions, TrainConfig, predict, score, train
+from rnnstream.manifest import Manifest
+
+VERIFY_REAL_STEPS = 200
+
+
+@dataclass
+class RunSpec:
+    """What to train and where to put it (the parsed command line)."""
+
+    data: str
+    cell: str
+    hidden_size: int
+    layers: int
+    out: Path
+    train: TrainConfig
+    horizon: int
+    features: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    name: str = ""
+    version: str = "1"
+    plots: Path | None = None
+    quiet: bool = False
+    command: str = ""
+
+
+@dataclass
+class RunReport:
+    """What a run produced."""
+
+    manifest: Manifest
+    model: SequenceModel
+    test: dict[str, float]
+    parity: Parity
+    plots: list[Path]
+    seconds: float
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: (v if isinstance(v, int) else float(f"{v:.6g}")) for k, v in values.items()}
+
+
+def _layout(cell: str, layers: int, hidden: int) -> str:
+    blocks = [f"h[layer {i}]" for i in range(layers)]
+    if cell == "lstm":
+        blocks += [f"c[layer {i}]" for i in range(layers)]
+    return (
+        f"State row layout (S={len(blocks) * hidden}): " + ", ".join(blocks) + f", each {hidden} "
+        "wide; initial state zeros."
+    )
+
+
+def _verify_inputs(series: datasets.Series, split: datasets.Split, window: int) -> np.ndarray:
+    """A real stretch of the test split for the export check: ``[B, T, F]``."""
+    a, b = split.test
+    if series.return_sequences:
+        return series.x[a : min(b, a + VERIFY_REAL_STEPS)][None]  # [1, T, F]
+    xw, _ = datasets.sequence_windows(series.x[a:b], series.y[a:b], window, window)
+    return xw[:8]  # [<=8, W, F]
+
+
+def metrics_table(name: str, cell: str, baseline: str, test: dict[str, float]) -> str:
+    """The test metrics of the model against its baseline, as a small text table."""
+    rows = [
+        (f"model ({cell.upper()})", test["rmse"], test["mae"]),
+        (baseline, test["baseline_rmse"], test["baseline_mae"]),
+        ("model / baseline", test["rmse_ratio"], test["mae_ratio"]),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [
+        f"{name}: test split, {test['points']} predictions",
+        f"{'':<{width}}{'RMSE':>10}{'MAE':>10}",
+    ]
+    lines += [f"{label:<{width}}{rmse:>10.4f}{mae:>10.4f}" for label, rmse, mae in rows]
+    return "\n".join(lines)
+
+
+def run(spec: RunSpec, log: TextIO) -> RunReport:
+    """Train, score, export (verified) and plot; returns what was written."""
+    started = time.perf_counter()
+    series = datasets.load(
+        spec.data,
+        window=spec.train.window,
+        horizon=spec.horizon,
+        features=spec.features or None,
+        targets=spec.targets or None,
+        seed=spec.train.seed,
+    )
+    split = datasets.time_split(len(series))
+    config = ModelConfig(
+        cell=spec.cell,
+        n_features=series.n_features,
+        n_outputs=series.n_outputs,
+        hidden_size=spec.hidden_size,
+        layers=spec.layers,
+    )
+    result = train(series, split, config, spec.train, quiet=spec.quiet)
+    model = result.model.cpu()
+    test_pred: Predictions = predict(model, series, split.test, spec.train.window)
+    val_pred = predict(model, series, split.val, spec.train.window)
+    test = score(test_pred)
+    name = spec.name or series.name
+    metrics: dict[str, Any] = {
+        "split": "test",
+        "baseline": series.baseline_name,
+        **_rounded(test),
+        "val": _rounded(score(val_pred)),
+    }
+    manifest = Manifest(
+        name=name,
+        version=spec.version,
+        cell=config.cell,
+        layers=config.layers,
+        hidden_size=config.hidden_size,
+        n_features=config.n_features,
+        n_outputs=config.n_outputs,
+        state_size=config.state_size,
+        feature_names=list(series.feature_names),
+        output_names=list(series.output_names),
+        task="forecast",
+        return_sequences=series.return_sequences,
+        description=(
+            f"{series.description} {_layout(config.cell, config.layers, config.hidden_size)}"
+        ),
+        feature_recipe=dict(series.feature_recipe),
+        data=datasets.describe(series, split),
+        metrics=metrics,
+        config={
+            "model": config.to_dict(),
+            "train": spec.train.to_dict(),
+            "window": spec.train.window,
+            "normalization": result.stats.to_dict(),
+            "history": result.history.to_dict(),
+            "parameters": model.n_parameters(),
+        },
+        command=spec.command,
+    )
+    manifest, parity = write_artifact(
+        model, manifest, spec.out, verify_inputs=_verify_inputs(series, split, spec.train.window)
+    )
+    plots = []
+    if spec.plots is not None:
+        from export.plots import plot_all
+
+        plots = plot_all(model, series, split, result.history, test_pred, spec.plots, name)
+    seconds = time.perf_counter() - started
+    if not spec.quiet:
+        print(metrics_table(name, config.cell, series.baseline_name, test), file=log)
+        print(
+            f"wrote {spec.out / manifest.onnx_file} and manifest.json "
+            f"(parity max |diff| {parity.worst:.2g}; {seconds:.1f}s)",
+            file=log,
+        )
+        for path in plots:
+            print(f"plot {path}", file=log)
+    return RunReport(
+        manifest=manifest, model=model, test=test, parity=parity, plots=plots, seconds=seconds
+    )

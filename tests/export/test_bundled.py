@@ -1,0 +1,105 @@
+"""The bundled models: manifests consistent with their graphs, metrics that hold up."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export import data
+from rnnstream.manifest import Manifest, sha256_file
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+BUNDLED = {"seattle-temp": 0.9, "msft-vol": 1.0}  # name -> required test RMSE ratio
+
+
+@pytest.fixture(params=sorted(BUNDLED), scope="module")
+def bundled(request) -> tuple[Path, Manifest]:
+    directory = MODELS / request.param / "1"
+    return directory, Manifest.load(directory)
+
+
+def test_manifest_matches_the_graph(bundled):
+    directory, manifest = bundled
+    path = directory / manifest.onnx_file
+    assert manifest.onnx_sha256 == sha256_file(path)
+    assert path.stat().st_size < 1_000_000
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version == manifest.opset == 17
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shapes = {v.name: v.shape for v in [*session.get_inputs(), *session.get_outputs()]}
+    assert shapes == {
+        "x": ["B", manifest.n_features],
+        "state": ["B", manifest.state_size],
+        "y": ["B", manifest.n_outputs],
+        "state_out": ["B", manifest.state_size],
+    }
+    assert [n.op_type for n in proto.graph.node].count(manifest.cell.upper()) == manifest.layers
+
+
+def test_manifest_records_how_it_was_made(bundled):
+    _directory, manifest = bundled
+    argv = shlex.split(manifest.command)
+    assert argv[:4] == ["rnnstream", "train", "--data", manifest.name]
+    assert argv[argv.index("--out") + 1] == f"models/{manifest.name}/1"
+    assert argv[argv.index("--cell") + 1] == manifest.cell
+    assert "--seed" in argv
+    assert {"torch", "onnx"} <= set(manifest.versions)
+    assert manifest.data["rows"] in (data.SEATTLE_ROWS, data.MSFT_ROWS)
+    assert set(manifest.feature_recipe) == set(manifest.feature_names)
+    assert manifest.config["model"]["hidden_size"] == manifest.hidden_size
+
+
+def test_recorded_metrics_beat_the_baseline(bundled):
+    _, manifest = bundled
+    metrics = manifest.metrics
+    assert metrics["rmse_ratio"] == pytest.approx(
+        metrics["rmse"] / metrics["baseline_rmse"], rel=1e-4
+    )
+    assert metrics["rmse_ratio"] <= BUNDLED[manifest.name]
+    assert metrics["rmse"] < metrics["baseline_rmse"]
+
+
+def test_the_graph_reproduces_the_recorded_test_metrics(bundled):
+    """Recompute the test RMSE by stepping the ONNX graph, the way the server will."""
+    directory, manifest = bundled
+    window = manifest.config["window"]
+    series = data.load(manifest.name, window=window, horizon=manifest.data["horizon"])
+    a, b = manifest.data["split"]["test"]["start"], manifest.data["split"]["test"]["stop"]
+    session = ort.InferenceSession(
+        str(directory / manifest.onnx_file), providers=["CPUExecutionProvider"]
+    )
+    if manifest.return_sequences:
+        x = series.x[a:b][:, None]  # [T, 1, F]: one session over the whole test split
+        rows = np.arange(a, b)
+    else:
+        x = data.sequence_windows(series.x[a:b], series.y[a:b], window, 1)[0].transpose(
+            1, 0, 2
+        )  # [W, N, F]
+        rows = np.arange(a + window - 1, b)
+    state = np.zeros((x.shape[1], manifest.state_size), np.float32)
+    ys = []
+    for x_t in x:
+        y_t, state = session.run(
+            ["y", "state_out"], {"x": np.ascontiguousarray(x_t), "state": state}
+        )
+        ys.append(y_t)
+    pred = np.stack(ys) if manifest.return_sequences else ys[-1][None]  # [T, 1, O] or [1, N, O]
+    pred = pred.reshape(-1, manifest.n_outputs)  # [N, O]
+    rmse = float(np.sqrt(np.mean((pred - series.y[rows]) ** 2)))
+    baseline = float(np.sqrt(np.mean((series.baseline[rows] - series.y[rows]) ** 2)))
+    assert rmse == pytest.approx(manifest.metrics["rmse"], rel=1e-3)
+    assert baseline == pytest.approx(manifest.metrics["baseline_rmse"], rel=1e-4)
+
+
+def test_the_default_model_is_what_the_architecture_says():
+    manifest = Manifest.load(MODELS / "seattle-temp" / "1")
+    assert (manifest.cell, manifest.n_features, manifest.n_outputs) == ("gru", 1, 1)
+    assert manifest.return_sequences
+    msft = Manifest.load(MODELS / "msft-vol" / "1")
+    assert msft.n_features == 2 and not msft.return_sequences
