@@ -8,6 +8,10 @@ active request in one ``run()`` (at most one step per sequence per batch, at mos
 that arrive meanwhile join at the next step (iteration-level scheduling). There is no
 timer: at low load a step runs at once, at high load batches grow by themselves.
 
+A message of many steps for one session (a chunk) runs through the model's sequence graph
+when it has one: one call for all T steps (equal-length chunks of several sessions share
+it), instead of T calls of the step graph.
+
 The asyncio side only submits and awaits futures, so the event loop keeps doing I/O while
 onnxruntime computes.
 """
@@ -76,8 +80,16 @@ class Engine:
         result.y[0]   # [T, O]
     """
 
-    def __init__(self, graph: StepGraph, table: StateTable, max_batch: int, name: str) -> None:
+    def __init__(
+        self,
+        graph: StepGraph,
+        table: StateTable,
+        max_batch: int,
+        name: str,
+        sequence: StepGraph | None = None,
+    ) -> None:
         self.graph = graph
+        self.sequence = sequence
         self.table = table
         self.max_batch = max_batch
         self.name = name
@@ -145,6 +157,10 @@ class Engine:
                     self._pending.clear()
                 elif not active:
                     return  # closing and drained
+            if self.sequence is not None:
+                active = self._run_chunks(active)
+                if not active:
+                    continue
             batch, waiting = self._take_batch(active)
             self._run(batch)
             finished = [r for r in batch if r.t == r.steps or r.error is not None]
@@ -152,6 +168,27 @@ class Engine:
             active = waiting + [r for r in batch if r.t < r.steps and r.error is None]
             if finished:
                 self._resolve(finished)
+
+    def _run_chunks(self, active: list[_Request]) -> list[_Request]:
+        """Run every fresh multi-step request through the sequence graph; return the rest.
+
+        Requests of equal length share calls (up to ``max_batch`` sequences each); a
+        request that wants every intermediate state, or one already under way, stays on
+        the step graph.
+        """
+        by_length: dict[int, list[_Request]] = {}
+        rest: list[_Request] = []
+        for request in active:
+            if request.t == 0 and request.steps > 1 and request.states is None:
+                by_length.setdefault(request.steps, []).append(request)
+            else:
+                rest.append(request)
+        for group in by_length.values():
+            while group:
+                batch, group = self._take_batch(group)
+                self._run(batch, chunked=True)
+                self._resolve(batch)
+        return rest
 
     def _take_batch(self, active: list[_Request]) -> tuple[list[_Request], list[_Request]]:
         """Split active requests into this step's batch (<= max_batch sequences) and the rest."""
@@ -164,25 +201,27 @@ class Engine:
             size += request.k
         return batch, []
 
-    def _run(self, batch: list[_Request]) -> None:
-        """One time step for every request in the batch: gather, run, scatter."""
+    def _run(self, batch: list[_Request], chunked: bool = False) -> None:
+        """One time step (``chunked``: all T steps) for every request: gather, run, scatter."""
         table = self.table.rows
         if len(batch) == 1:
             request = batch[0]
-            x = request.x[:, request.t]  # [k, F]
+            x = request.x if chunked else request.x[:, request.t]  # [k, T, F] or [k, F]
             state = self._state_of(request, table)
         else:
-            x = np.concatenate([r.x[:, r.t] for r in batch])  # [sum k, F]
+            x = np.concatenate([r.x if chunked else r.x[:, r.t] for r in batch])
             state = np.concatenate([self._state_of(r, table) for r in batch])  # [sum k, S]
+        graph = self.sequence if chunked and self.sequence is not None else self.graph
         try:
-            y, state_out = self.graph.run(x, state)
+            y, state_out = graph.run(x, state)
         except Exception as exc:  # state is untouched: nothing was scattered
             log.exception("%s: onnxruntime run failed for a batch of %d", self.name, len(x))
             for request in batch:
                 request.error = exc
             return
+        steps = x.shape[1] if chunked else 1
         self.batches += 1
-        self.sequence_steps += len(x)
+        self.sequence_steps += len(x) * steps
         if self.on_batch is not None:
             self.on_batch(len(x))
         offset = 0
@@ -193,6 +232,10 @@ class Engine:
                 table[request.rows] = state_out[part]
             else:
                 request.state = state_out[part]
+            if chunked:
+                request.y = y[part]  # [k, T, O]
+                request.t = steps
+                continue
             request.y[:, request.t] = y[part]
             if request.states is not None:
                 request.states[:, request.t] = state_out[part]

@@ -30,10 +30,11 @@ class GraphMismatch(ValueError):
 
 @dataclass(frozen=True)
 class _Port:
-    """One expected graph input or output: name and the static width of dim 1."""
+    """One expected graph input or output: its name, rank and the static width of its last dim."""
 
     name: str
     width: int
+    rank: int = 2
 
 
 def choose_providers(device: str) -> list[str]:
@@ -46,16 +47,25 @@ def choose_providers(device: str) -> list[str]:
 
 
 class StepGraph:
-    """An onnxruntime session over one model's step graph.
+    """An onnxruntime session over one model's step graph (or, ``chunked``, its sequence graph).
+
+    The step graph runs one step for B sessions: ``x [B, F], state [B, S] -> y [B, O],
+    state_out [B, S]``. The sequence graph runs T steps at once: ``x [B, T, F], state [B, S]
+    -> y [B, T, O], state_out [B, S]``.
 
     Example::
 
         graph = StepGraph(Path("models/seattle-temp/1/model.onnx"), manifest)
-        y, state = graph.run(np.zeros((1, 1), np.float32), np.zeros((1, 64), np.float32))
+        y, state = graph.run(np.zeros((1, 1), np.float32), np.zeros((1, 32), np.float32))
     """
 
     def __init__(
-        self, path: Path, manifest: Manifest, device: str = "auto", intra_op_threads: int = 1
+        self,
+        path: Path,
+        manifest: Manifest,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        chunked: bool = False,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -72,43 +82,47 @@ class StepGraph:
                     "that onnxruntime-gpu needs); use --device auto to fall back to CPU"
                 )
             log.warning("%s/%s: CUDA did not load, serving on CPU", manifest.name, manifest.version)
+        self.path = path
+        self.chunked = chunked
         self.n_features = manifest.n_features
         self.n_outputs = manifest.n_outputs
         self.state_size = manifest.state_size
         self._outputs = [OUTPUT_Y, OUTPUT_STATE]
 
     def run(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One step for B sessions: x [B, F], state [B, S] -> y [B, O], state_out [B, S]."""
+        """X [B, F] (or [B, T, F]), state [B, S] -> y [B, O] (or [B, T, O]), state_out [B, S]."""
         y, state_out = self.session.run(self._outputs, {INPUT_X: x, INPUT_STATE: state})
         return y, state_out
 
 
-def check_graph(graph: StepGraph, manifest: Manifest, path: Path, actual_sha256: str) -> None:
-    """Raise GraphMismatch naming every way ``path`` differs from its manifest."""
+def check_graph(
+    graph: StepGraph, manifest: Manifest, expected_sha256: str, actual_sha256: str
+) -> None:
+    """Raise GraphMismatch naming every way the graph differs from its manifest."""
     problems: list[str] = []
-    if manifest.onnx_sha256:
-        actual = actual_sha256
-        if actual != manifest.onnx_sha256:
-            problems.append(
-                f"{path.name} has sha256 {actual[:12]}..., the manifest records "
-                f"{manifest.onnx_sha256[:12]}... (the file changed after export)"
-            )
+    name = graph.path.name
+    if expected_sha256 and actual_sha256 != expected_sha256:
+        problems.append(
+            f"{name} has sha256 {actual_sha256[:12]}..., the manifest records "
+            f"{expected_sha256[:12]}... (the file changed after export)"
+        )
+    rank = 3 if graph.chunked else 2
     session = graph.session
     problems += _check_ports(
         "input",
         session.get_inputs(),
-        [_Port(INPUT_X, manifest.n_features), _Port(INPUT_STATE, manifest.state_size)],
+        [_Port(INPUT_X, manifest.n_features, rank), _Port(INPUT_STATE, manifest.state_size)],
     )
     problems += _check_ports(
         "output",
         session.get_outputs(),
-        [_Port(OUTPUT_Y, manifest.n_outputs), _Port(OUTPUT_STATE, manifest.state_size)],
+        [_Port(OUTPUT_Y, manifest.n_outputs, rank), _Port(OUTPUT_STATE, manifest.state_size)],
     )
     if not problems:
         problems += _check_smoke_run(graph, manifest)
     if problems:
         raise GraphMismatch(
-            f"model {manifest.name}/{manifest.version} refused, {path} does not match "
+            f"model {manifest.name}/{manifest.version} refused, {graph.path} does not match "
             "its manifest: " + "; ".join(problems)
         )
 
@@ -129,31 +143,38 @@ def _check_ports(kind: str, actual: list[ort.NodeArg], expected: list[_Port]) ->
         if arg.type != FLOAT:
             problems.append(f"{kind} {port.name} is {arg.type}, expected float32")
         shape = list(arg.shape)
-        if len(shape) != 2:
-            problems.append(f"{kind} {port.name} has rank {len(shape)} {shape}, expected [B, N]")
+        if len(shape) != port.rank:
+            layout = "[B, N]" if port.rank == 2 else "[B, T, N]"
+            problems.append(f"{kind} {port.name} has rank {len(shape)} {shape}, expected {layout}")
             continue
-        if isinstance(shape[0], int) and shape[0] > 0:
+        dynamic = ["batch size", "time length"][: port.rank - 1]
+        for axis, label in enumerate(dynamic):
+            if isinstance(shape[axis], int) and shape[axis] > 0:
+                problems.append(
+                    f"{kind} {port.name} has a fixed {label} {shape[axis]}; it must be dynamic"
+                )
+        if isinstance(shape[-1], int) and shape[-1] != port.width:
             problems.append(
-                f"{kind} {port.name} has a fixed batch size {shape[0]}; B must be dynamic"
-            )
-        if isinstance(shape[1], int) and shape[1] != port.width:
-            problems.append(
-                f"{kind} {port.name} has width {shape[1]}, the manifest says {port.width}"
+                f"{kind} {port.name} has width {shape[-1]}, the manifest says {port.width}"
             )
     return problems
 
 
 def _check_smoke_run(graph: StepGraph, manifest: Manifest) -> list[str]:
-    """Run a batch of 2 zero steps and check shapes and finiteness."""
-    x = np.zeros((2, manifest.n_features), dtype=np.float32)
+    """Run a batch of 2 zero steps (3 for a sequence graph); check shapes and finiteness."""
+    lead = (2, 3) if graph.chunked else (2,)
+    x = np.zeros((*lead, manifest.n_features), dtype=np.float32)
     state = np.zeros((2, manifest.state_size), dtype=np.float32)
     try:
         y, state_out = graph.run(x, state)
     except Exception as exc:  # onnxruntime raises several unrelated types
-        return [f"a batch of 2 zero steps fails: {exc}"]
+        return [f"a batch of zero steps fails: {exc}"]
     problems = []
-    if y.shape != (2, manifest.n_outputs):
-        problems.append(f"y has shape {list(y.shape)} for B=2, expected [2, {manifest.n_outputs}]")
+    if y.shape != (*lead, manifest.n_outputs):
+        problems.append(
+            f"y has shape {list(y.shape)} for x {list(x.shape)}, expected "
+            f"{[*lead, manifest.n_outputs]}"
+        )
     if state_out.shape != (2, manifest.state_size):
         problems.append(
             f"state_out has shape {list(state_out.shape)} for B=2, "

@@ -36,6 +36,7 @@ class LoadedModel:
     path: Path
     sha256: str  # of model.onnx: which graph a saved state row belongs to
     graph: StepGraph
+    sequence: StepGraph | None  # the chunked graph, when the artifact has one
     table: StateTable
     engine: Engine
 
@@ -68,15 +69,26 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         raise ManifestError(f"{onnx_path} does not exist (named by {directory / MANIFEST_FILE})")
     graph = StepGraph(onnx_path, manifest, settings.device, settings.intra_op_threads)
     sha256 = sha256_file(onnx_path)
-    check_graph(graph, manifest, onnx_path, sha256)
+    check_graph(graph, manifest, manifest.onnx_sha256, sha256)
+    sequence = None
+    if manifest.sequence_onnx_file:
+        sequence_path = directory / manifest.sequence_onnx_file
+        if not sequence_path.is_file():
+            raise ManifestError(f"{sequence_path} does not exist (named by {MANIFEST_FILE})")
+        sequence = StepGraph(
+            sequence_path, manifest, settings.device, settings.intra_op_threads, chunked=True
+        )
+        check_graph(sequence, manifest, manifest.sequence_onnx_sha256, sha256_file(sequence_path))
     if isinstance(manifest.initial_state, list):
         initial = np.asarray(manifest.initial_state, dtype=np.float32)
     else:
         initial = np.zeros(manifest.state_size, dtype=np.float32)
     table = StateTable(settings.max_sessions, manifest.state_size, initial)
-    engine = Engine(graph, table, settings.max_batch, f"{manifest.name}/{manifest.version}")
+    engine = Engine(
+        graph, table, settings.max_batch, f"{manifest.name}/{manifest.version}", sequence
+    )
     log.info(
-        "loaded %s/%s: %s x%d H=%d, F=%d O=%d S=%d on %s",
+        "loaded %s/%s: %s x%d H=%d, F=%d O=%d S=%d on %s%s",
         manifest.name,
         manifest.version,
         manifest.cell,
@@ -86,8 +98,9 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         manifest.n_outputs,
         manifest.state_size,
         graph.provider,
+        " (+ sequence graph)" if sequence is not None else "",
     )
-    return LoadedModel(manifest, directory, sha256, graph, table, engine)
+    return LoadedModel(manifest, directory, sha256, graph, sequence, table, engine)
 
 
 class ModelRepository:

@@ -8,6 +8,7 @@ way each. A refused message changes no state, and the session survives a refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -140,18 +141,20 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await context.write(
-                pb.StreamResponse(
-                    ended=pb.SessionEnded(
-                        session_id=session.id,
-                        reason=codec.end_reason(handle.reason),
-                        message=END_MESSAGES[handle.reason],
-                    )
-                )
+            ended = pb.SessionEnded(
+                session_id=session.id,
+                reason=codec.end_reason(handle.reason),
+                message=END_MESSAGES[handle.reason],
             )
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await context.write(pb.StreamResponse(ended=ended))
         except ServiceError as exc:
             self.metrics.error(exc.code)
             await context.abort(exc.code, exc.message)
+        except Exception:
+            if context.cancelled():
+                return  # a write failed because the client cancelled: nobody to tell
+            raise
         finally:
             if session is not None:
                 self.sessions.detach(session, handle)
@@ -178,7 +181,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             open_.version,
             open_.session_id,
             open_.return_sequences if open_.HasField("return_sequences") else None,
-            open_.return_state,
+            open_.return_state if open_.HasField("return_state") else None,
             open_.idle_ttl_s,
         )
         self.sessions.attach(session, handle)

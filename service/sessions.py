@@ -16,6 +16,7 @@ Plain asyncio, no network: the servicer translates protobuf to these calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import secrets
 import time
@@ -228,14 +229,15 @@ class SessionManager:
         version: str,
         session_id: str,
         return_sequences: bool | None,
-        return_state: bool,
+        return_state: bool | None,
         idle_ttl_s: float = 0.0,
     ) -> Session:
         """A new session (empty ``session_id``) or the existing one to resume.
 
         ``return_sequences`` None means the model's default mode (new session) or the
-        session's current mode (resume); ``idle_ttl_s`` 0 the server's default (new) or
-        the session's current TTL (resume).
+        session's current mode (resume); ``return_state`` None means off (new) or
+        unchanged (resume); ``idle_ttl_s`` 0 the server's default (new) or the session's
+        current TTL (resume).
         """
         if self.draining:
             raise Unavailable("the server is draining: open the session on another server")
@@ -265,7 +267,7 @@ class SessionManager:
             return_sequences=(
                 loaded.manifest.return_sequences if return_sequences is None else return_sequences
             ),
-            return_state=return_state,
+            return_state=bool(return_state),
             idle_ttl_s=ttl or self.settings.idle_ttl_s,
             now=now,
         )
@@ -292,7 +294,7 @@ class SessionManager:
         version: str,
         session_id: str,
         return_sequences: bool | None,
-        return_state: bool,
+        return_state: bool | None,
     ) -> Session:
         """Look up a session to resume, checking the Open's model against the session's."""
         session = self.get(session_id)
@@ -305,7 +307,8 @@ class SessionManager:
             )
         if return_sequences is not None:
             session.return_sequences = return_sequences
-        session.return_state = return_state
+        if return_state is not None:
+            session.return_state = return_state
         self._touch(session)
         return session
 
@@ -334,7 +337,12 @@ class SessionManager:
     async def settle(self, session: Session) -> None:
         """Wait until the session has no step in flight (a stream it moved from may have one)."""
         while session.inflight is not None:
-            await asyncio.shield(session.inflight)
+            inflight = session.inflight
+            if inflight.done():
+                await asyncio.sleep(0)  # its done-callback (_record) is scheduled: let it run
+                continue
+            with contextlib.suppress(Exception):  # its failure was its own caller's to report
+                await asyncio.shield(inflight)
 
     async def steps(self, session: Session, start: int, x: np.ndarray) -> StepsOutcome:
         """Apply ``x [n, F]`` as steps ``start..start+n-1``; retransmissions are not re-applied."""

@@ -111,7 +111,9 @@ class Open(_message.Message):
     Unset: the model's default mode (ModelInfo.return_sequences).
     """
     return_state: _builtins.bool
-    """Also return the recurrent state after each step (Outputs.state, Final.state)."""
+    """Also return the recurrent state after each step (Outputs.state, Final.state).
+    Unset: false for a new session, unchanged when resuming.
+    """
     idle_ttl_s: _builtins.float
     """Seconds this session may wait without a stream before it ends; 0: the server's
     default. At most the server's maximum (--max-idle-ttl-s).
@@ -123,16 +125,21 @@ class Open(_message.Message):
         version: _builtins.str = ...,
         session_id: _builtins.str = ...,
         return_sequences: _builtins.bool | None = ...,
-        return_state: _builtins.bool = ...,
+        return_state: _builtins.bool | None = ...,
         idle_ttl_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "return_sequences", b"return_sequences"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "_return_state", b"_return_state", "return_sequences", b"return_sequences", "return_state", b"return_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "_return_state", b"_return_state", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__return_sequences: _TypeAlias = _typing.Literal["return_sequences"]  # noqa: Y015
     _WhichOneofArgType__return_sequences: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences"]  # noqa: Y015
+    _WhichOneofReturnType__return_state: _TypeAlias = _typing.Literal["return_state"]  # noqa: Y015
+    _WhichOneofArgType__return_state: _TypeAlias = _typing.Literal["_return_state", b"_return_state"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__return_sequences) -> _WhichOneofReturnType__return_sequences | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__return_state) -> _WhichOneofReturnType__return_state | None: ...
 
 Global___Open: _TypeAlias = Open  # noqa: Y015
 

@@ -84,3 +84,36 @@ def test_state_table_free_list():
     table.release(a)
     assert table.allocate() == a
     np.testing.assert_array_equal(table.rows[a], [1.0, 2.0, 3.0])  # reset on reuse
+
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "seattle-temp" / "1"
+
+
+def test_chunks_run_through_the_sequence_graph_and_match_stepping():
+    manifest = Manifest.load(BUNDLED)
+    assert manifest.sequence_onnx_file, "the bundled model ships a sequence graph"
+    step = StepGraph(BUNDLED / manifest.onnx_file, manifest)
+    chunk = StepGraph(BUNDLED / manifest.sequence_onnx_file, manifest, chunked=True)
+    x = (50 + 5 * np.random.default_rng(8).standard_normal((3, 40, 1))).astype(np.float32)
+    engines = {}
+    results = {}
+    for name, sequence in (("chunked", chunk), ("stepped", None)):
+        table = StateTable(8, manifest.state_size, np.zeros(manifest.state_size, np.float32))
+        engine = engines[name] = Engine(step, table, 8, name, sequence)
+        rows = [table.allocate() for _ in range(3)]
+
+        async def drive(engine=engine, rows=rows):
+            return await asyncio.gather(
+                *(engine.submit(x[i : i + 1], rows=np.array([rows[i]])) for i in range(3))
+            )
+
+        results[name] = (
+            np.concatenate([r.y for r in asyncio.run(drive())]),
+            table.rows[rows].copy(),
+        )
+        engine.close()
+    np.testing.assert_allclose(results["chunked"][0], results["stepped"][0], atol=1e-4)
+    np.testing.assert_allclose(results["chunked"][1], results["stepped"][1], atol=1e-5)
+    assert engines["stepped"].batches == 40  # one call per step (the three sessions share them)
+    assert engines["chunked"].batches < 40  # equal-length chunks share sequence-graph calls
+    assert engines["chunked"].sequence_steps == engines["stepped"].sequence_steps == 120
