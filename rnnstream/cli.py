@@ -1,7 +1,8 @@
 """The ``rnnstream`` console script: one command, one subcommand per job.
 
 Each subcommand lives beside the code it drives (``service.cli`` serves, ``export.cli``
-trains, ``rnnstream.cli_client`` streams and lists models) and registers itself through
+trains, ``rnnstream.cli_client`` streams and lists models, ``rnnstream.cli_bench`` loads a
+server) and registers itself through
 ``add_parser``. Those modules import nothing heavy at import time, so ``--help`` is fast
 and a serving install without torch can still show every subcommand.
 """
@@ -18,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "service.cli",
     "export.cli",
     "rnnstream.cli_client",
+    "rnnstream.cli_bench",
 )
 
 

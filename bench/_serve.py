@@ -1,0 +1,78 @@
+"""What the benchmark's own servers share: a CLI, the ``serving ... on HOST:PORT`` line, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from rnnstream.v1 import rnnstream_pb2 as pb
+from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
+
+
+class MinimalPredictor(pb_grpc.PredictorServicer):
+    """A Predictor whose unary session/predict RPCs are UNIMPLEMENTED (benchmarks stream)."""
+
+    async def Predict(  # noqa: N802 (gRPC method name)
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PredictResponse:
+        """Not offered."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
+        raise AssertionError("abort raises")
+
+    async def GetSession(  # noqa: N802
+        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SessionInfo:
+        """Not offered."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
+        raise AssertionError("abort raises")
+
+    async def DeleteSession(  # noqa: N802
+        self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteSessionResponse:
+        """Not offered."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
+        raise AssertionError("abort raises")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """A parser with ``--host`` and ``--port`` (0: a free port), like ``rnnstream serve``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: pick a free one)")
+    return p
+
+
+async def serve(
+    name: str, host: str, port: int, register: Callable[[grpc.aio.Server], None]
+) -> int:
+    """Start a server, print ``serving NAME on HOST:PORT`` to stderr, run until a signal."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    register(server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"serving {name} on {host}:{bound}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+    return 0
+
+
+def main(
+    name: str,
+    argv: Sequence[str] | None,
+    build: Callable[[argparse.Namespace], Callable[[grpc.aio.Server], None]],
+    p: argparse.ArgumentParser,
+) -> int:
+    """Parse ``argv``, build the servicer(s) and serve until SIGTERM or SIGINT."""
+    args = p.parse_args(argv)
+    register = build(args)
+    return asyncio.run(serve(name, args.host, args.port, register))

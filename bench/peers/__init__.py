@@ -1,0 +1,1 @@
+"""Peer systems (Triton, TorchServe): set-up scripts, launchers and load-generator adapters."""

@@ -1,0 +1,1 @@
+"""Triton Inference Server (from the nvidia-pytriton wheel) serving the bench GRU."""
