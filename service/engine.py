@@ -87,17 +87,20 @@ class Engine:
         max_batch: int,
         name: str,
         sequence: StepGraph | None = None,
+        inline_max_steps: int = 0,
     ) -> None:
         self.graph = graph
         self.sequence = sequence
+        self.inline_max_steps = inline_max_steps
         self.table = table
         self.max_batch = max_batch
         self.name = name
         self.batches = 0
         self.sequence_steps = 0
-        # Called on the engine thread with each batch's size (metrics); must be thread-safe.
+        # Called with each batch's size (metrics), from the engine thread or the event loop.
         self.on_batch: Callable[[int], None] | None = None
         self._pending: list[_Request] = []
+        self._inline: list[_Request] = []
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
@@ -112,8 +115,14 @@ class Engine:
     ) -> asyncio.Future[StepResult]:
         """Queue ``x [k, T, F]`` for table ``rows [k]`` or private ``state [k, S]``.
 
-        Returns a future on the running loop. The table rows are updated by the engine
-        thread as each step runs; the future resolves once all T steps have run.
+        Returns a future on the running loop; the table rows are updated as each step
+        runs, and the future resolves once all T steps have run. A request of at most
+        ``inline_max_steps`` session-steps runs on the event loop itself: for small work,
+        handing over to the engine thread and back costs more than the compute. It runs at
+        once (the future is done on return) when nothing else is queued in the loop's
+        current iteration, else at the end of the iteration, together with every other
+        small request submitted in it. Larger requests go to the engine thread, so I/O
+        goes on meanwhile.
         """
         if self._closing:
             raise EngineClosed(f"engine of {self.name} is closed")
@@ -133,6 +142,16 @@ class Engine:
                 else None
             ),
         )
+        if k * steps <= self.inline_max_steps:
+            if not self._inline and not _has_ready_work(loop):
+                # Nothing else is about to run in this iteration, so nothing to batch with:
+                # compute now, and the caller needs no further loop iterations.
+                self._finish_now([request])
+                return request.future
+            if not self._inline:
+                loop.call_soon(self._run_inline)
+            self._inline.append(request)
+            return request.future
         with self._cond:
             self._pending.append(request)
             self._cond.notify()
@@ -157,19 +176,37 @@ class Engine:
                     self._pending.clear()
                 elif not active:
                     return  # closing and drained
-            if self.sequence is not None:
-                active = self._run_chunks(active)
-                if not active:
-                    continue
-            batch, waiting = self._take_batch(active)
-            self._run(batch)
-            finished = [r for r in batch if r.t == r.steps or r.error is not None]
-            # Requests left out of this batch go first next time, so none starves.
-            active = waiting + [r for r in batch if r.t < r.steps and r.error is None]
-            if finished:
-                self._resolve(finished)
+            active = self._advance(active, self._resolve)
 
-    def _run_chunks(self, active: list[_Request]) -> list[_Request]:
+    def _run_inline(self) -> None:
+        """On the event loop: run the small requests submitted during this iteration."""
+        active, self._inline = self._inline, []
+        self._finish_now(active)
+
+    def _finish_now(self, active: list[_Request]) -> None:
+        """Run requests to completion on the calling thread (the event loop's)."""
+        while active:
+            active = self._advance(active, _set_results)
+
+    def _advance(
+        self, active: list[_Request], resolve: Callable[[list[_Request]], None]
+    ) -> list[_Request]:
+        """Run fresh chunks whole, then one time step of a batch; return what is left."""
+        if self.sequence is not None:
+            active = self._run_chunks(active, resolve)
+            if not active:
+                return active
+        batch, waiting = self._take_batch(active)
+        self._run(batch)
+        finished = [r for r in batch if r.t == r.steps or r.error is not None]
+        if finished:
+            resolve(finished)
+        # Requests left out of this batch go first next time, so none starves.
+        return waiting + [r for r in batch if r.t < r.steps and r.error is None]
+
+    def _run_chunks(
+        self, active: list[_Request], resolve: Callable[[list[_Request]], None]
+    ) -> list[_Request]:
         """Run every fresh multi-step request through the sequence graph; return the rest.
 
         Requests of equal length share calls (up to ``max_batch`` sequences each); a
@@ -187,7 +224,7 @@ class Engine:
             while group:
                 batch, group = self._take_batch(group)
                 self._run(batch, chunked=True)
-                self._resolve(batch)
+                resolve(batch)
         return rest
 
     def _take_batch(self, active: list[_Request]) -> tuple[list[_Request], list[_Request]]:
@@ -258,6 +295,16 @@ class Engine:
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_set_results, requests)
+
+
+def _has_ready_work(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether other callbacks are queued to run in this loop iteration (unknown: True).
+
+    Other streams' messages arriving together show up here; then a small request waits
+    for the end of the iteration to share a batch with theirs.
+    """
+    ready = getattr(loop, "_ready", None)  # asyncio's own loops; others: always batch
+    return ready is None or len(ready) > 0
 
 
 def _set_results(requests: list[_Request]) -> None:

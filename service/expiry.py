@@ -1,15 +1,15 @@
-"""When idle sessions are due to end: a min-heap of deadlines with lazy re-checks.
+"""When idle sessions are due to end: deadlines bucketed by the second, re-checked lazily.
 
-Each session has one entry, pushed when it is created. Activity does not touch the heap:
-when an entry comes due, its owner is asked for its real deadline (last activity plus its
-own TTL) and pushed again if that lies ahead. So per-session TTLs cost O(log n) per
-expiry check, and nothing per step.
+Each session sits in one bucket, the whole second its deadline falls in when it is pushed.
+Activity does not move it: when its bucket comes due, its owner is asked for its real
+deadline (last activity plus its own TTL) and it is pushed again if that lies ahead. So
+per-session TTLs cost one list slot per session and nothing per step, and a check walks
+only the buckets that are due.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import math
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -29,26 +29,22 @@ class ExpiryQueue(Generic[T]):
     def __init__(self, deadline: Callable[[T], float], gone: Callable[[T], bool]) -> None:
         self._deadline = deadline
         self._gone = gone
-        self._heap: list[tuple[float, int, T]] = []
-        self._order = itertools.count()
+        self._buckets: dict[int, list[T]] = {}
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return sum(len(bucket) for bucket in self._buckets.values())
 
     def push(self, item: T) -> None:
         """Track ``item`` at its current deadline."""
-        heapq.heappush(self._heap, (self._deadline(item), next(self._order), item))
+        self._buckets.setdefault(math.ceil(self._deadline(item)), []).append(item)
 
     def due(self, now: float) -> Iterator[T]:
-        """Pop every item whose deadline has passed; items that moved on are pushed back."""
-        postponed: list[T] = []
-        while self._heap and self._heap[0][0] <= now:
-            _, _, item = heapq.heappop(self._heap)
-            if self._gone(item):
-                continue
-            if self._deadline(item) > now:
-                postponed.append(item)
-                continue
-            yield item
-        for item in postponed:
-            self.push(item)
+        """Yield every item whose deadline has passed; items that moved on are pushed again."""
+        for second in sorted(k for k in self._buckets if k <= now):
+            for item in self._buckets.pop(second):
+                if self._gone(item):
+                    continue
+                if self._deadline(item) > now:
+                    self.push(item)
+                    continue
+                yield item

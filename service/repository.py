@@ -85,7 +85,12 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         initial = np.zeros(manifest.state_size, dtype=np.float32)
     table = StateTable(settings.max_sessions, manifest.state_size, initial)
     engine = Engine(
-        graph, table, settings.max_batch, f"{manifest.name}/{manifest.version}", sequence
+        graph,
+        table,
+        settings.max_batch,
+        f"{manifest.name}/{manifest.version}",
+        sequence,
+        settings.inline_max_steps,
     )
     log.info(
         "loaded %s/%s: %s x%d H=%d, F=%d O=%d S=%d on %s%s",

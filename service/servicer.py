@@ -222,14 +222,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 x = codec.decode_steps(request.steps.x, manifest, max_steps, "Steps.x")
                 out = await self.sessions.steps(session, request.steps.start, x)
                 if session.return_sequences:
+                    states = out.states if session.return_state else None
                     await context.write(
-                        pb.StreamResponse(
-                            outputs=pb.Outputs(
-                                start=out.start,
-                                y=codec.flat(out.y),
-                                state=codec.flat(out.states) if session.return_state else [],
-                            )
-                        )
+                        pb.StreamResponse(outputs=codec.outputs(out.start, out.y, states))
                     )
                 self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":

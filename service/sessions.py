@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +38,8 @@ from service.expiry import ExpiryQueue
 from service.repository import LoadedModel, ModelRepository
 from service.settings import Settings
 from service.snapshot import ModelSessions, SessionRecord
+
+log = logging.getLogger(__name__)
 
 
 class EndReason(enum.Enum):
@@ -112,7 +114,6 @@ class Session:
         "idle_ttl_s",
         "inflight",
         "last_active",
-        "last_y",
         "model",
         "next_step",
         "owner",
@@ -154,7 +155,6 @@ class Session:
         self.restored_step: int | None = None
         self.owner: StreamHandle | None = None
         self.ended: EndReason | None = None
-        self.last_y: np.ndarray | None = None  # [O] of the last step
         self.replay_start = 0
         self.replay_y: np.ndarray | None = None  # [<= replay_steps, O]
         self.replay_states: np.ndarray | None = None  # [<= replay_steps, S]
@@ -168,6 +168,13 @@ class Session:
     def expires_at(self) -> float:
         """When the session ends if nothing happens (live sessions are postponed)."""
         return self.last_active + self.idle_ttl_s
+
+    @property
+    def last_y(self) -> np.ndarray | None:
+        """``[O]`` of the sequence's last step (kept in the replay cache), or None."""
+        if self.sequence_steps == 0 or self.replay_y is None:
+            return None
+        return self.replay_y[-1]
 
     def state_row(self) -> np.ndarray:
         """A copy of the state consistent with ``next_step``: ``[S]``."""
@@ -197,8 +204,8 @@ class SessionManager:
         self.settings = settings
         self.clock = clock
         self.draining = False
-        # Least recently active first: the order eviction walks.
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        # Least recently active first (a touch re-inserts): the order eviction walks.
+        self._sessions: dict[str, Session] = {}
         self._expiry: ExpiryQueue[Session] = ExpiryQueue(
             deadline=lambda s: s.expires_at, gone=lambda s: s.ended is not None
         )
@@ -272,6 +279,10 @@ class SessionManager:
             now=now,
         )
         self._add(session)
+        log.debug(
+            "session opened",
+            extra={"session_id": session.id, "model": loaded.key, "event": "open"},
+        )
         return session
 
     def _add(self, session: Session) -> None:
@@ -310,6 +321,11 @@ class SessionManager:
         if return_state is not None:
             session.return_state = return_state
         self._touch(session)
+        log.debug(
+            "session resumed at step %d",
+            session.next_step,
+            extra={"session_id": session.id, "model": session.model.key, "event": "resume"},
+        )
         return session
 
     def attach(self, session: Session, handle: StreamHandle) -> None:
@@ -346,8 +362,8 @@ class SessionManager:
 
     async def steps(self, session: Session, start: int, x: np.ndarray) -> StepsOutcome:
         """Apply ``x [n, F]`` as steps ``start..start+n-1``; retransmissions are not re-applied."""
-        self._check_alive(session)
-        await self.settle(session)
+        if session.inflight is not None:
+            await self.settle(session)
         self._check_alive(session)
         n = len(x)
         if start > session.next_step:
@@ -367,11 +383,16 @@ class SessionManager:
         future = loaded.engine.submit(
             new_x[None], rows=np.array([session.row]), want_states=session.return_state
         )
-        session.inflight = future
-        # The bookkeeping runs when the engine finishes, even if this coroutine is cancelled
-        # meanwhile (its stream superseded): the state row has moved on, so must next_step.
-        future.add_done_callback(lambda f: self._record(session, f))
-        result = await asyncio.shield(future)
+        if future.done():  # computed at once on the event loop
+            self._record(session, future)
+        else:
+            session.inflight = future
+            # The bookkeeping runs when the engine finishes, even if this coroutine is
+            # cancelled meanwhile (its stream superseded): the row has moved on, so must
+            # next_step.
+            future.add_done_callback(lambda f: self._record(session, f))
+            await asyncio.shield(future)
+        result = future.result()
         y = result.y[0]  # [n_new, O]
         states = result.states[0] if result.states is not None else None  # [n_new, S]
         if skip == 0:
@@ -397,17 +418,17 @@ class SessionManager:
         n = len(y)
         session.next_step += n
         session.sequence_steps += n
-        session.last_y = y[-1]
         self._remember(session, y, states)
         self._touch(session)
         if session.ended is not None:
             self._release_row(session)
 
     def _remember(self, session: Session, y: np.ndarray, states: np.ndarray | None) -> None:
-        """Keep the outputs of the last ``replay_steps`` steps to answer retransmissions."""
-        keep = self.settings.replay_steps
-        if keep == 0:
-            return
+        """Keep the outputs of the last ``replay_steps`` steps to answer retransmissions.
+
+        At least the last step is kept: it is the sequence's answer at End.
+        """
+        keep = max(1, self.settings.replay_steps)
         if states is not None and session.replay_states is None:
             session.replay_y = None  # start afresh so cached y and states stay aligned
         previous_y = session.replay_y
@@ -460,7 +481,6 @@ class SessionManager:
             next_step=session.next_step,
         )
         session.sequence_steps = 0
-        session.last_y = None
         if reset:
             session.model.table.reset(session.row)
         self._touch(session)
@@ -473,6 +493,17 @@ class SessionManager:
         session.ended = reason
         self._sessions.pop(session.id, None)
         self.ended_counts[reason] += 1
+        log.debug(
+            "session ended: %s",
+            END_MESSAGES[reason],
+            extra={
+                "session_id": session.id,
+                "model": session.model.key,
+                "event": "end",
+                "reason": reason.name.lower(),
+                "next_step": session.next_step,
+            },
+        )
         owner = self._drop_owner(session)
         if owner is not None and reason is not EndReason.CLIENT_END:
             owner.end(reason)
@@ -539,7 +570,6 @@ class SessionManager:
                     return_state=session.return_state,
                     idle_ttl_s=session.idle_ttl_s,
                     age_s=now - session.created,
-                    last_y=session.last_y,
                     replay_start=session.replay_start,
                     replay_y=session.replay_y,
                     replay_states=session.replay_states,
@@ -579,7 +609,6 @@ class SessionManager:
                 loaded.table.rows[session.row] = record.state
                 session.next_step = session.restored_step = record.next_step
                 session.sequence_steps = record.sequence_steps
-                session.last_y = record.last_y
                 session.replay_start = record.replay_start
                 session.replay_y = record.replay_y
                 session.replay_states = record.replay_states
@@ -619,7 +648,7 @@ class SessionManager:
         """Mark activity: the session moves to the back of the expiry order."""
         session.last_active = self.clock()
         if session.ended is None:
-            self._sessions.move_to_end(session.id)
+            self._sessions[session.id] = self._sessions.pop(session.id)
 
     def _release_row(self, session: Session) -> None:
         """Give the session's state row back (once)."""

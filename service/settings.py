@@ -76,6 +76,13 @@ class Settings:
     max_batch: int = field(
         default=512, metadata={"help": "most sessions run in one onnxruntime call"}
     )
+    inline_max_steps: int = field(
+        default=64,
+        metadata={
+            "help": "requests of at most this many session-steps run on the event loop "
+            "(batched per loop iteration) instead of the engine thread; 0: never"
+        },
+    )
     max_steps_per_message: int = field(
         default=65_536, metadata={"help": "most time steps in one Steps or Predict message"}
     )
@@ -118,6 +125,8 @@ class Settings:
             problems.append("snapshot_interval_s must be 0 (off) or positive")
         if not 0 <= self.metrics_port <= 65535:
             problems.append(f"metrics_port {self.metrics_port} is outside 0..65535")
+        if self.inline_max_steps < 0:
+            problems.append("inline_max_steps must be 0 or more")
         if self.replay_steps < 0:
             problems.append("replay_steps must be 0 or more")
         if problems:

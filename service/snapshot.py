@@ -33,7 +33,6 @@ class SessionRecord:
     return_state: bool
     idle_ttl_s: float
     age_s: float
-    last_y: np.ndarray | None  # [O]
     replay_start: int
     replay_y: np.ndarray | None  # [r, O]
     replay_states: np.ndarray | None  # [r, S]
@@ -61,6 +60,7 @@ def write(path: Path, groups: list[ModelSessions]) -> int:
                 "model": group.model,
                 "version": group.version,
                 "onnx_sha256": group.onnx_sha256,
+                "n_outputs": group.n_outputs,
                 "count": len(group.records),
             }
         )
@@ -98,15 +98,11 @@ def _columns(prefix: str, group: ModelSessions) -> dict[str, np.ndarray]:
             [[r.next_step, r.sequence_steps, r.replay_start] for r in records], np.int64
         ).reshape(n, 3),
         prefix + "flags": np.array(
-            [[r.return_sequences, r.return_state, r.last_y is not None] for r in records], bool
-        ).reshape(n, 3),
+            [[r.return_sequences, r.return_state] for r in records], bool
+        ).reshape(n, 2),
         prefix + "floats": np.array([[r.idle_ttl_s, r.age_s] for r in records], np.float64).reshape(
             n, 2
         ),
-        prefix + "last_y": np.array(
-            [r.last_y if r.last_y is not None else np.zeros(o, np.float32) for r in records],
-            np.float32,
-        ).reshape(n, o),
         prefix + "replay_len": np.array(
             [0 if r.replay_y is None else len(r.replay_y) for r in records], np.int64
         ),
@@ -131,9 +127,13 @@ def read(path: Path) -> tuple[float, list[ModelSessions]]:
         groups = []
         for g, meta in enumerate(header["groups"]):
             p = f"g{g}_"
-            state, last_y = data[p + "state"], data[p + "last_y"]
+            state = data[p + "state"]
             group = ModelSessions(
-                meta["model"], meta["version"], meta["onnx_sha256"], last_y.shape[1], state.shape[1]
+                meta["model"],
+                meta["version"],
+                meta["onnx_sha256"],
+                meta["n_outputs"],
+                state.shape[1],
             )
             replay_y = np.split(data[p + "replay_y"], np.cumsum(data[p + "replay_len"])[:-1])
             replay_s = np.split(
@@ -155,7 +155,6 @@ def read(path: Path) -> tuple[float, list[ModelSessions]]:
                         return_state=bool(flags[1]),
                         idle_ttl_s=float(floats[0]),
                         age_s=float(floats[1]),
-                        last_y=last_y[i].copy() if flags[2] else None,
                         replay_start=int(ints[2]),
                         replay_y=replay_y[i] if len(replay_y[i]) else None,
                         replay_states=replay_s[i] if len(replay_s[i]) else None,

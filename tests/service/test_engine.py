@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,54 @@ def test_chunks_run_through_the_sequence_graph_and_match_stepping():
     assert engines["stepped"].batches == 40  # one call per step (the three sessions share them)
     assert engines["chunked"].batches < 40  # equal-length chunks share sequence-graph calls
     assert engines["chunked"].sequence_steps == engines["stepped"].sequence_steps == 120
+
+
+def test_small_requests_run_inline_batched_per_loop_iteration(tiny_models: Path):
+    directory = tiny_models / "tiny" / "1"
+    manifest = Manifest.load(directory)
+    table = StateTable(64, manifest.state_size, np.zeros(manifest.state_size, np.float32))
+    graph = StepGraph(directory / "model.onnx", manifest)
+    engine = Engine(graph, table, max_batch=8, name="tiny/1", inline_max_steps=4)
+    x = np.random.default_rng(5).standard_normal((12, 3, 2)).astype(np.float32)
+    want, _ = TINY.run(x)
+    rows = [table.allocate() for _ in range(12)]
+    threads = set()
+    engine.on_batch = lambda size: threads.add(threading.get_ident())
+
+    async def drive():
+        # 12 requests of 3 steps each (inline), submitted in one loop iteration while other
+        # work is queued in it (as when several streams' messages arrive together)
+        asyncio.get_running_loop().call_soon(lambda: None)
+        futures = [engine.submit(x[i : i + 1], rows=np.array([rows[i]])) for i in range(12)]
+        assert not any(f.done() for f in futures)  # they wait for the end of the iteration
+        return await asyncio.gather(*futures)
+
+    try:
+        results = asyncio.run(drive())
+    finally:
+        engine.close()
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result.y[0], want[i], atol=1e-5)
+    assert threads == {threading.get_ident()}  # ran on the event loop's thread
+    assert engine.batches == 5  # 36 session-steps packed into full batches of 8, not 36 calls
+
+
+def test_a_lone_small_request_is_computed_at_once(tiny_models: Path):
+    directory = tiny_models / "tiny" / "1"
+    manifest = Manifest.load(directory)
+    table = StateTable(4, manifest.state_size, np.zeros(manifest.state_size, np.float32))
+    graph = StepGraph(directory / "model.onnx", manifest)
+    engine = Engine(graph, table, 8, "tiny/1", inline_max_steps=4)
+    x = np.random.default_rng(6).standard_normal((1, 2, 2)).astype(np.float32)
+    row = table.allocate()
+
+    async def drive():
+        future = engine.submit(x, rows=np.array([row]))
+        assert future.done()  # nothing else queued in this iteration: no hand-over, no wait
+        return future.result()
+
+    try:
+        result = asyncio.run(drive())
+    finally:
+        engine.close()
+    np.testing.assert_allclose(result.y[0], TINY.run(x)[0][0], atol=1e-5)
