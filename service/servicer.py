@@ -132,9 +132,22 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         handle = StreamHandle(asyncio.current_task())
         session: Session | None = None
         try:
-            session = await self._open(context, handle)
-            if session is not None:
-                await self._serve(session, context)
+            open_ = await self._read_open(context)
+            if open_ is None:
+                return
+            session = self.sessions.open(
+                open_.model,
+                open_.version,
+                open_.session_id,
+                open_.return_sequences if open_.HasField("return_sequences") else None,
+                open_.return_state if open_.HasField("return_state") else None,
+                open_.idle_ttl_s,
+            )
+            # From here on the finally clause detaches, however the stream ends.
+            self.sessions.attach(session, handle)
+            await self.sessions.settle(session)
+            await context.write(pb.StreamResponse(opened=self._opened(session)))
+            await self._serve(session, context)
         except asyncio.CancelledError:
             if handle.reason is None or session is None:
                 raise  # the client went away, or grpc is stopping: nothing to say
@@ -159,12 +172,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             if session is not None:
                 self.sessions.detach(session, handle)
 
-    async def _open(
-        self,
-        context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
-        handle: StreamHandle,
-    ) -> Session | None:
-        """Read the Open, create or resume the session, attach this stream, answer Opened."""
+    async def _read_open(
+        self, context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse]
+    ) -> pb.Open | None:
+        """The stream's first message, which must be Open (None: the client left at once)."""
         request = await context.read()
         if request is _EOF:
             return None
@@ -175,31 +186,19 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 f"{request.WhichOneof('kind') or 'an empty StreamRequest'}: send "
                 "StreamRequest{open: {model: ...}} first"
             )
-        open_ = request.open
-        session = self.sessions.open(
-            open_.model,
-            open_.version,
-            open_.session_id,
-            open_.return_sequences if open_.HasField("return_sequences") else None,
-            open_.return_state if open_.HasField("return_state") else None,
-            open_.idle_ttl_s,
+        return request.open
+
+    def _opened(self, session: Session) -> pb.Opened:
+        """The answer to Open: where the session stands."""
+        return pb.Opened(
+            session_id=session.id,
+            model=self._info(session.model.key),
+            next_step=session.next_step,
+            return_sequences=session.return_sequences,
+            return_state=session.return_state,
+            idle_ttl_s=session.idle_ttl_s,
+            restored_step=session.restored_step,
         )
-        self.sessions.attach(session, handle)
-        await self.sessions.settle(session)
-        await context.write(
-            pb.StreamResponse(
-                opened=pb.Opened(
-                    session_id=session.id,
-                    model=self._info(session.model.key),
-                    next_step=session.next_step,
-                    return_sequences=session.return_sequences,
-                    return_state=session.return_state,
-                    idle_ttl_s=session.idle_ttl_s,
-                    restored_step=session.restored_step,
-                )
-            )
-        )
-        return session
 
     async def _serve(
         self,

@@ -3,11 +3,7 @@ the snapshot interval, and a snapshot never lands on a different graph."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +17,7 @@ from service.server import BackgroundServer
 from service.settings import Settings
 from tests.conftest import TINY
 from tests.service.duplex import Duplex, outputs_y
+from tests.service.processes import start_process, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 X = np.random.default_rng(42).standard_normal((16, 2)).astype(np.float32)
@@ -118,51 +115,6 @@ def test_empty_state_dir_keeps_nothing(tiny_models, tmp_path):
         with pytest.raises(grpc.RpcError) as err:
             Duplex(pb_grpc.PredictorStub(ch)).open(session_id=sid)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def start_process(models: Path, state: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSTREAM_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rnnstream.cli",
-            "serve",
-            "--models",
-            str(models),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--state-dir",
-            str(state),
-            *extra,
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        match = re.search(r"serving .* on (127\.0\.0\.1:\d+)", line)
-        if match:
-            return proc, match.group(1)
-        if not line:
-            break
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
-def stop_process(proc: subprocess.Popen[str], sig: int) -> int:
-    proc.send_signal(sig)
-    try:
-        return proc.wait(timeout=30)
-    finally:
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_sigterm_then_restart_resumes_live_streams(tiny_models, tmp_path):

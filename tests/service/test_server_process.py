@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 from tests.service.duplex import Duplex
+from tests.service.processes import start_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,41 +46,8 @@ def test_health_and_reflection(server):
 def server_process(
     tiny_models: Path, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSTREAM_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rnnstream.cli",
-            "serve",
-            "--models",
-            str(tiny_models),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--grace-s",
-            "5",
-            "--state-dir",
-            str(tmp_path / "state"),
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, address = start_process(tiny_models, tmp_path / "state", "--grace-s", "5")
     try:
-        address = None
-        deadline = time.monotonic() + 60
-        assert proc.stderr is not None
-        while address is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            match = re.search(r"serving .* on (127\.0\.0\.1:\d+)", line)
-            if match:
-                address = match.group(1)
-        assert address, "server did not report its address"
         yield proc, address
     finally:
         if proc.poll() is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -154,3 +156,21 @@ def test_open_mode_defaults_to_the_models(stub):
     assert Duplex(stub).open(model="tiny").return_sequences is True
     assert Duplex(stub).open(model="tiny-m2o").return_sequences is False
     assert Duplex(stub).open(model="tiny", return_sequences=False).return_sequences is False
+
+
+def test_streams_cancelled_at_any_moment_leave_no_live_session(server, stub):
+    """However a stream ends (here: cancelled right after Open, or mid-step), its session is
+    detached: it is idle, resumable, and counts against no stream limit."""
+    for i in range(30):
+        s = Duplex(stub)
+        s.send(pb.StreamRequest(open=pb.Open(model="tiny")))
+        if i % 2:
+            s.recv()
+            s.send(pb.StreamRequest(steps=pb.Steps(start=0, x=[0.1, 0.2])))
+        s.cancel()
+    sessions = server.running.sessions
+    deadline = time.monotonic() + 10
+    while sessions.live_streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sessions.live_streams == 0
+    assert not any(s.live for s in sessions.sessions())
