@@ -604,8 +604,10 @@ def plot(cells: Sequence[Cell], path: Path, title: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for system in dict.fromkeys(c.system for c in cells):
+        # A run that produced nothing (the system crashed) is a gap, not a zero.
         series = sorted(
-            (c for c in cells if c.system == system and c.steps == 1), key=lambda c: c.streams
+            (c for c in cells if c.system == system and c.steps == 1 and c.msg_per_s > 0),
+            key=lambda c: c.streams,
         )
         if not series:
             continue
