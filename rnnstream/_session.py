@@ -57,6 +57,19 @@ def _protocol_error(message: str) -> RnnstreamError:
     return RnnstreamError(f"unexpected answer from the server: {message}", grpc.StatusCode.INTERNAL)
 
 
+END_OF_STREAM = object()  # queued by a stream's reader after the last response
+
+
+def unwrap(item: object) -> pb.StreamResponse | None:
+    """A queued stream item as a response (None: the stream ended); a queued error is raised."""
+    if item is END_OF_STREAM:
+        return None
+    if isinstance(item, RnnstreamError):
+        raise item
+    assert isinstance(item, pb.StreamResponse)
+    return item
+
+
 class SessionCore:
     """Bookkeeping of one client session (see the module docstring); no I/O."""
 
@@ -354,3 +367,39 @@ class SessionCore:
         self.sent = 0
         self.inflight = 0
         self.half_closed = False
+
+
+class SessionView:
+    """What a session shows its caller; the sync and async sessions share it over ``_core``."""
+
+    _core: SessionCore
+
+    @property
+    def id(self) -> str:
+        """The server-generated session id: pass it to ``session(session_id=...)`` to resume."""
+        return self._core.id
+
+    @property
+    def model(self) -> ModelInfo:
+        """The model this session runs."""
+        return self._core.model
+
+    @property
+    def next_step(self) -> int:
+        """The session-wide index of the next step sent."""
+        return self._core.next_step
+
+    @property
+    def return_sequences(self) -> bool:
+        """True: many-to-many (y every step); False: many-to-one (y at ``end``)."""
+        return self._core.return_sequences
+
+    @property
+    def return_state(self) -> bool:
+        """Whether the server returns the recurrent state (see ``state`` and ``states``)."""
+        return self._core.return_state
+
+    @property
+    def state(self) -> np.ndarray | None:
+        """``[state_size]`` after the last step or end (only with ``return_state``)."""
+        return self._core.state

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rnnstream import _codec
-from rnnstream._session import HALF_CLOSE, SessionCore
+from rnnstream._session import END_OF_STREAM, HALF_CLOSE, SessionCore, SessionView, unwrap
 from rnnstream.client import (
     DEFAULT_ADDRESS,
     DEFAULT_CHUNK_SIZE,
@@ -42,7 +42,7 @@ from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-_EOF = object()
+_EOF = END_OF_STREAM
 # The end-of-stream marker of grpc.aio's read() (grpc-stubs does not declare it).
 _GRPC_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -104,7 +104,7 @@ class _AsyncStream:
                 f"no answer from the server within {timeout:g}s",
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             ) from None
-        return self._unwrap(item)
+        return unwrap(item)
 
     def poll(self) -> object:
         """A response that already arrived, ``_EOF`` at the end, or None if none yet."""
@@ -112,16 +112,7 @@ class _AsyncStream:
             item = self._responses.get_nowait()
         except asyncio.QueueEmpty:
             return None
-        return _EOF if item is _EOF else self._unwrap(item)
-
-    @staticmethod
-    def _unwrap(item: object) -> pb.StreamResponse | None:
-        if item is _EOF:
-            return None
-        if isinstance(item, RnnstreamError):
-            raise item
-        assert isinstance(item, pb.StreamResponse)
-        return item
+        return _EOF if item is _EOF else unwrap(item)
 
     async def cancel(self) -> None:
         """Drop the stream (the server keeps the session) and end the reader task."""
@@ -130,7 +121,7 @@ class _AsyncStream:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
-class AsyncSession:
+class AsyncSession(SessionView):
     """One stateful session over a stream, for asyncio; see :class:`rnnstream.Session`.
 
     Open it with ``async with client.session(...) as s`` or ``s = await client.session(...)``.
@@ -151,36 +142,6 @@ class AsyncSession:
         self.states: np.ndarray | None = None
 
     # -- public ---------------------------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        """The server-generated session id: pass it to ``session(session_id=...)`` to resume."""
-        return self._core.id
-
-    @property
-    def model(self) -> ModelInfo:
-        """The model this session runs."""
-        return self._core.model
-
-    @property
-    def next_step(self) -> int:
-        """The session-wide index of the next step sent."""
-        return self._core.next_step
-
-    @property
-    def return_sequences(self) -> bool:
-        """True: many-to-many (y every step); False: many-to-one (y at ``end``)."""
-        return self._core.return_sequences
-
-    @property
-    def return_state(self) -> bool:
-        """Whether the server returns the recurrent state (see ``state`` and ``states``)."""
-        return self._core.return_state
-
-    @property
-    def state(self) -> np.ndarray | None:
-        """``[state_size]`` after the last step or end (only with ``return_state``)."""
-        return self._core.state
 
     async def open(self) -> AsyncSession:
         """Open (or resume) the session on the server; done by ``async with`` and ``await``."""

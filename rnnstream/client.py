@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rnnstream import _codec
-from rnnstream._session import HALF_CLOSE, SessionCore
+from rnnstream._session import END_OF_STREAM, HALF_CLOSE, SessionCore, SessionView, unwrap
 from rnnstream.errors import (
     RnnstreamError,
     UnavailableError,
@@ -45,7 +45,7 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 T = TypeVar("T")
-_EOF = object()
+_EOF = END_OF_STREAM
 
 
 def backoff_delay(backoff: float, attempt: int) -> float:
@@ -127,7 +127,7 @@ class _Stream:
                 f"no answer from the server within {timeout:g}s",
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             ) from None
-        return self._unwrap(item)
+        return unwrap(item)
 
     def poll(self) -> object:
         """A response that has already arrived, ``_EOF`` at the end, or None if none yet."""
@@ -135,16 +135,7 @@ class _Stream:
             item = self._responses.get_nowait()
         except queue.Empty:
             return None
-        return _EOF if item is _EOF else self._unwrap(item)
-
-    @staticmethod
-    def _unwrap(item: object) -> pb.StreamResponse | None:
-        if item is _EOF:
-            return None
-        if isinstance(item, RnnstreamError):
-            raise item
-        assert isinstance(item, pb.StreamResponse)
-        return item
+        return _EOF if item is _EOF else unwrap(item)
 
     def cancel(self) -> None:
         """Drop the stream (the server keeps the session) and release the threads."""
@@ -153,7 +144,7 @@ class _Stream:
         self._reader.join(timeout=5)
 
 
-class Session:
+class Session(SessionView):
     """One stateful session on the server, over a bidirectional stream; a context manager.
 
     Get one from :meth:`Client.session`. The server keeps the recurrent state between
@@ -183,36 +174,6 @@ class Session:
         self._run(lambda: self._core.opened)
 
     # -- public ---------------------------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        """The server-generated session id: pass it to ``session(session_id=...)`` to resume."""
-        return self._core.id
-
-    @property
-    def model(self) -> ModelInfo:
-        """The model this session runs."""
-        return self._core.model
-
-    @property
-    def next_step(self) -> int:
-        """The session-wide index of the next step sent."""
-        return self._core.next_step
-
-    @property
-    def return_sequences(self) -> bool:
-        """True: many-to-many (y every step); False: many-to-one (y at ``end``)."""
-        return self._core.return_sequences
-
-    @property
-    def return_state(self) -> bool:
-        """Whether the server returns the recurrent state (see ``state`` and ``states``)."""
-        return self._core.return_state
-
-    @property
-    def state(self) -> np.ndarray | None:
-        """``[state_size]`` after the last step or end (only with ``return_state``)."""
-        return self._core.state
 
     def step(self, x: ArrayLike) -> np.ndarray:
         """Send one time step ``x [F]``; returns ``y [O]`` (many-to-one: an empty ``[0]``).
