@@ -15,6 +15,7 @@ write a model that disagrees by more than the tolerance.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import sys
 import tempfile
@@ -150,7 +151,9 @@ class Parity:
 
     @property
     def worst(self) -> float:
-        """The larger of the two."""
+        """The larger of the two; infinite when either is NaN (a NaN must never pass)."""
+        if math.isnan(self.y) or math.isnan(self.state):
+            return math.inf
         return max(self.y, self.state)
 
 

@@ -263,7 +263,15 @@ class SessionCore:
             raise _protocol_error(f"Outputs at step {msg.start} with no Steps waiting for them")
         model = self.model
         chunk = self.pending[0]
-        y = _codec.rows(msg.y, model.n_outputs)  # [n, O]
+        try:
+            y = _codec.rows(msg.y, model.n_outputs)  # [n, O]
+            states = (
+                _codec.rows(msg.state, model.state_size)  # [n, S]
+                if self.return_state and len(msg.state)
+                else None
+            )
+        except ValueError as exc:  # a malformed answer is the server's fault, not the caller's
+            raise _protocol_error(str(exc)) from exc
         if msg.start + len(y) != chunk.end or msg.start < chunk.start:
             raise _protocol_error(
                 f"Outputs for steps {msg.start}..{msg.start + len(y) - 1}, expected "
@@ -278,9 +286,7 @@ class SessionCore:
                 "chunk_size * window at or below the server's --replay-steps; the session "
                 f"continues from step {chunk.end}"
             )
-        states = None
-        if self.return_state and len(msg.state):
-            states = _codec.rows(msg.state, model.state_size)  # [n, S]
+        if states is not None:
             self.collected_states.append(states)
             self.state = states[-1]
         self.collected_y.append(y)

@@ -82,13 +82,22 @@ class _AsyncStream:
                 RnnstreamError(f"the stream failed: {err!r}", grpc.StatusCode.UNKNOWN)
             )
 
-    async def send(self, request: pb.StreamRequest | None) -> None:
-        """Write a message (None half-closes); a dead stream's reason comes from ``recv``."""
+    async def send(self, request: pb.StreamRequest | None, timeout: float | None) -> None:
+        """Write a message (None half-closes); a dead stream's reason comes from ``recv``.
+
+        A write the server does not take within ``timeout`` (flow control: it stopped
+        reading) raises UnavailableError, like a read that times out.
+        """
         try:
             if request is HALF_CLOSE:
-                await self.call.done_writing()
+                await asyncio.wait_for(self.call.done_writing(), timeout)
             else:
-                await self.call.write(request)
+                await asyncio.wait_for(self.call.write(request), timeout)
+        except asyncio.TimeoutError:
+            raise UnavailableError(
+                f"the server took no message within {timeout:g}s",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ) from None
         except (grpc.RpcError, asyncio.InvalidStateError):
             pass  # the stream ended; the reader reports why
         except asyncio.CancelledError:
@@ -230,7 +239,7 @@ class AsyncSession(SessionView):
         core = self._core
         resuming = core.opened
         self._stream = stream = _AsyncStream(self._client._stub)
-        await stream.send(core.open_request())
+        await stream.send(core.open_request(), self._client.timeout)
         response = await stream.recv(self._client.timeout)
         if response is None:
             raise UnavailableError("the server closed the stream before answering Open")
@@ -256,7 +265,7 @@ class AsyncSession(SessionView):
                 stream = self._stream
                 assert stream is not None
                 for request in core.sendable():
-                    await stream.send(request)
+                    await stream.send(request, self._client.timeout)
                 if done():
                     self._take_ready(stream)
                     if done():

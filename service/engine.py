@@ -176,7 +176,7 @@ class Engine:
                     self._pending.clear()
                 elif not active:
                     return  # closing and drained
-            active = self._advance(active, self._resolve)
+            active = self._advance_safely(active, self._resolve)
 
     def _run_inline(self) -> None:
         """On the event loop: run the small requests submitted during this iteration."""
@@ -186,7 +186,25 @@ class Engine:
     def _finish_now(self, active: list[_Request]) -> None:
         """Run requests to completion on the calling thread (the event loop's)."""
         while active:
-            active = self._advance(active, _set_results)
+            active = self._advance_safely(active, _set_results)
+
+    def _advance_safely(
+        self, active: list[_Request], resolve: Callable[[list[_Request]], None]
+    ) -> list[_Request]:
+        """``_advance``, but an unexpected error fails the requests at hand, not the engine.
+
+        Without this, one exception outside ``run()`` (a metrics hook, a scatter) would end
+        the engine thread silently and every later step would wait forever.
+        """
+        try:
+            return self._advance(active, resolve)
+        except Exception as exc:
+            log.exception("%s: engine error; failing %d requests", self.name, len(active))
+            for request in active:
+                request.error = request.error or exc
+            with contextlib.suppress(Exception):
+                resolve(active)
+            return []
 
     def _advance(
         self, active: list[_Request], resolve: Callable[[list[_Request]], None]
@@ -251,7 +269,8 @@ class Engine:
         graph = self.sequence if chunked and self.sequence is not None else self.graph
         try:
             y, state_out = graph.run(x, state)
-        except Exception as exc:  # state is untouched: nothing was scattered
+        except Exception as exc:  # this step scattered nothing; earlier steps are undone by
+            # the session's bookkeeping, which restores the row it saved before the request
             log.exception("%s: onnxruntime run failed for a batch of %d", self.name, len(x))
             for request in batch:
                 request.error = exc

@@ -34,9 +34,10 @@ class ExpiryQueue(Generic[T]):
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def push(self, item: T) -> None:
-        """Track ``item`` at its current deadline."""
-        self._buckets.setdefault(math.ceil(self._deadline(item)), []).append(item)
+    def push(self, item: T, at: float | None = None) -> None:
+        """Track ``item`` until its current deadline (or until ``at``, to look again then)."""
+        when = self._deadline(item) if at is None else at
+        self._buckets.setdefault(math.ceil(when), []).append(item)
 
     def due(self, now: float) -> Iterator[T]:
         """Yield every item whose deadline has passed; items that moved on are pushed again."""
@@ -47,4 +48,4 @@ class ExpiryQueue(Generic[T]):
                 if self._deadline(item) > now:
                     self.push(item)
                     continue
-                yield item
+                yield item  # an item pushed twice may come due twice: callers are idempotent

@@ -73,18 +73,24 @@ class RunningServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.sessions.settle_all()
-        save_snapshot(self.sessions, self.settings)
+        await save_snapshot(self.sessions, self.settings)
         await asyncio.get_running_loop().run_in_executor(None, self.repository.close)
         self.metrics.close()
         log.info("stopped")
 
 
-def save_snapshot(sessions: SessionManager, settings: Settings) -> None:
-    """Write every session to the state directory (when there is one)."""
+async def save_snapshot(sessions: SessionManager, settings: Settings) -> None:
+    """Write every session to the state directory (when there is one).
+
+    The records are taken on the event loop (consistent with in-flight steps); the file is
+    written on a worker thread, so streams are served meanwhile.
+    """
     path = settings.snapshot_path
     if path is None:
         return
-    count = snapshot.write(path, sessions.snapshot())
+    groups = sessions.snapshot()
+    loop = asyncio.get_running_loop()
+    count = await loop.run_in_executor(None, snapshot.write, path, groups)
     log.info("snapshot: %d sessions written to %s", count, path)
 
 
@@ -118,7 +124,7 @@ async def _snapshot_periodically(sessions: SessionManager, settings: Settings) -
     while True:
         await asyncio.sleep(settings.snapshot_interval_s)
         try:
-            save_snapshot(sessions, settings)
+            await save_snapshot(sessions, settings)
         except OSError as exc:
             log.error("periodic snapshot failed: %s", exc)
 

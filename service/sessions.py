@@ -250,15 +250,15 @@ class SessionManager:
             raise Unavailable("the server is draining: open the session on another server")
         ttl = self._check_ttl(idle_ttl_s)
         if session_id:
+            existing = self.get(session_id)
+            if existing.owner is None:  # a takeover adds no stream; a resume does
+                self._check_stream_room()
             session = self._resume(model, version, session_id, return_sequences, return_state)
-            if ttl:
+            if ttl and ttl != session.idle_ttl_s:
                 session.idle_ttl_s = ttl
+                self._expiry.push(session)  # a shorter TTL must not wait for the old deadline
             return session
-        if self.live_streams >= self.settings.max_streams:
-            raise ResourceExhausted(
-                f"the server already carries {self.live_streams} live streams (--max-streams): "
-                "close idle streams or retry later"
-            )
+        self._check_stream_room()
         loaded = self.repository.get(model, version)
         if loaded.table.free == 0 and not self._evict_one(loaded):
             raise ResourceExhausted(
@@ -284,6 +284,14 @@ class SessionManager:
             extra={"session_id": session.id, "model": loaded.key, "event": "open"},
         )
         return session
+
+    def _check_stream_room(self) -> None:
+        """Refuse another live stream at --max-streams."""
+        if self.live_streams >= self.settings.max_streams:
+            raise ResourceExhausted(
+                f"the server already carries {self.live_streams} live streams (--max-streams): "
+                "close idle streams or retry later"
+            )
 
     def _add(self, session: Session) -> None:
         """Track a new or restored session."""
@@ -409,17 +417,21 @@ class SessionManager:
     def _record(self, session: Session, future: asyncio.Future[StepResult]) -> None:
         """Advance the session's bookkeeping after the engine ran its steps."""
         session.inflight = None
-        session.pending_state = None
+        before, session.pending_state = session.pending_state, None
         if future.cancelled() or future.exception() is not None:
-            return
-        result = future.result()
-        y = result.y[0]  # [n, O]
-        states = result.states[0] if result.states is not None else None  # [n, S]
-        n = len(y)
-        session.next_step += n
-        session.sequence_steps += n
-        self._remember(session, y, states)
-        self._touch(session)
+            # Steps that ran before the failure moved the row; next_step did not move, so
+            # put the row back: the client resends them and they must apply once.
+            if before is not None and session.row >= 0:
+                session.model.table.rows[session.row] = before
+        else:
+            result = future.result()
+            y = result.y[0]  # [n, O]
+            states = result.states[0] if result.states is not None else None  # [n, S]
+            n = len(y)
+            session.next_step += n
+            session.sequence_steps += n
+            self._remember(session, y, states)
+            self._touch(session)
         if session.ended is not None:
             self._release_row(session)
 
@@ -450,13 +462,14 @@ class SessionManager:
         self, session: Session, start: int, count: int
     ) -> tuple[int, np.ndarray, np.ndarray | None]:
         """Cached outputs of retransmitted steps ``start..start+count-1`` the server still has."""
-        n_outputs = session.model.manifest.n_outputs
-        empty = np.empty((0, n_outputs), dtype=np.float32)
+        manifest = session.model.manifest
+        empty = np.empty((0, manifest.n_outputs), dtype=np.float32)
+        no_states = np.empty((0, manifest.state_size), np.float32) if session.return_state else None
         end = start + count
         if count == 0 or session.replay_y is None:
-            return end, empty, None
+            return end, empty, no_states
         if session.return_state and session.replay_states is None:
-            return end, empty, None  # outputs without their states would break the reply's shape
+            return end, empty, no_states  # outputs without their states would break the reply
         first = max(start, session.replay_start)
         if first >= end:
             return end, empty, None
@@ -526,8 +539,7 @@ class SessionManager:
         for session in self._expiry.due(now):
             (busy if session.live or session.inflight is not None else expired).append(session)
         for session in busy:  # a live stream keeps its session; look again a TTL later
-            session.last_active = now
-            self._expiry.push(session)
+            self._expiry.push(session, at=now + session.idle_ttl_s)
         for session in expired:
             self.close(session, EndReason.IDLE_TTL)
         return expired

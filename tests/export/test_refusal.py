@@ -90,3 +90,10 @@ def test_a_good_model_is_written_with_its_hash(tmp_path: Path):
     assert loaded.onnx_sha256 == sha256_file(tmp_path / "out" / "model.onnx")
     assert loaded.sequence_onnx_sha256 == sha256_file(tmp_path / "out" / "sequence.onnx")
     assert loaded.opset == 17 and loaded.versions["torch"] == torch.__version__
+
+
+def test_a_nan_comparison_never_passes():
+    from export.onnx import Parity
+
+    assert Parity(1e-7, float("nan"), 1, 1).worst == float("inf")
+    assert Parity(float("nan"), 0.0, 1, 1).worst == float("inf")

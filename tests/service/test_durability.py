@@ -148,7 +148,12 @@ def test_kill_9_loses_at_most_the_snapshot_interval_and_says_so(tiny_models, tmp
             s = Duplex(pb_grpc.PredictorStub(ch))
             sid = s.open(model="tiny").session_id
             s.steps(0, X[:4])
-            time.sleep(1.0)  # at least one periodic snapshot holds step 4
+            written = time.time()
+            snapshot = tmp_path / "sessions.snapshot.npz"
+            deadline = time.monotonic() + 30  # wait for a periodic snapshot taken after step 4
+            while not (snapshot.exists() and snapshot.stat().st_mtime > written + 0.05):
+                assert time.monotonic() < deadline, "no periodic snapshot was written"
+                time.sleep(0.05)
             s.steps(4, X[4:6])  # may be lost: no snapshot after it
             stop_process(proc, signal.SIGKILL)
     finally:

@@ -24,7 +24,16 @@ class Clock:
 
 @pytest.fixture
 def manager(tiny_models: Path):
-    settings = Settings.from_env({}, models=tiny_models, max_sessions=3, idle_ttl_s=10.0)
+    settings = Settings.from_env(
+        {},
+        models=tiny_models,
+        max_sessions=3,
+        idle_ttl_s=10.0,
+        max_idle_ttl_s=7200.0,
+        max_streams=4,
+        state_dir="",
+        inline_max_steps=0,  # every step goes through the engine thread, concurrently
+    )
     repo = ModelRepository.load(settings)
     clock = Clock()
     yield SessionManager(repo, settings, clock=clock), clock
@@ -97,3 +106,72 @@ def test_draining_refuses_new_sessions_and_ends_live_streams(manager):
     assert live.ended is None  # kept: it can be resumed after a restart
     with pytest.raises(Unavailable, match="draining"):
         sessions.open("tiny", "", "", None, False)
+
+
+def test_a_step_that_fails_midway_changes_nothing(manager):
+    sessions, _ = manager
+    session = sessions.open("tiny", "", "", None, None)
+    graph = session.model.graph
+    run, calls = graph.run, []
+
+    def failing(x, state):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected onnxruntime failure")
+        return run(x, state)
+
+    before = session.model.table.rows[session.row].copy()
+    graph.run = failing
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            asyncio.run(sessions.steps(session, 0, np.ones((5, 2), np.float32)))
+    finally:
+        graph.run = run
+    assert session.next_step == 0  # two steps ran, then the third failed:
+    np.testing.assert_array_equal(session.model.table.rows[session.row], before)  # undone
+
+
+def test_an_engine_error_outside_run_fails_the_request_not_the_engine(manager):
+    sessions, _ = manager
+    session = sessions.open("tiny", "", "", None, None)
+    engine = session.model.engine
+
+    def broken(size):
+        raise ValueError("metrics hook broke")
+
+    engine.on_batch = broken
+    with pytest.raises(ValueError, match="metrics hook broke"):
+        asyncio.run(sessions.steps(session, 0, np.ones((2, 2), np.float32)))
+    engine.on_batch = None
+    out = asyncio.run(sessions.steps(session, 0, np.ones((2, 2), np.float32)))
+    assert out.applied == 2 and session.next_step == 2  # the engine thread still serves
+
+
+def test_resuming_counts_against_the_stream_limit(manager):
+    sessions, _ = manager
+    idle = sessions.open("tiny", "", "", None, None)
+    for model in ("tiny", "tiny", "tiny-m2o", "tiny-m2o"):  # 4 live streams: the limit
+        sessions.attach(sessions.open(model, "", "", None, None), StreamHandle(None))
+    with pytest.raises(ResourceExhausted, match="--max-streams"):
+        sessions.open("", "", idle.id, None, None)
+    live = next(s for s in sessions.sessions() if s.live)
+    assert sessions.open("", "", live.id, None, None) is live  # a takeover adds no stream
+
+
+def test_a_shorter_ttl_on_resume_takes_effect(manager):
+    sessions, clock = manager
+    session = sessions.open("tiny", "", "", None, None, idle_ttl_s=3600)
+    clock.now += 5
+    sessions.open("", "", session.id, None, None, idle_ttl_s=20)
+    clock.now += 30
+    assert sessions.expire_idle() == [session]
+
+
+def test_retransmission_with_return_state_returns_states_for_new_steps(manager):
+    sessions, _ = manager
+    session = sessions.open("tiny", "", "", None, None)
+    x = np.random.default_rng(3).standard_normal((6, 2)).astype(np.float32)
+    asyncio.run(sessions.steps(session, 0, x[:4]))
+    sessions.open("", "", session.id, None, True)  # resume, now with return_state
+    out = asyncio.run(sessions.steps(session, 3, x[3:]))
+    assert out.states is not None and len(out.states) == len(out.y) == 6 - out.start
