@@ -126,17 +126,28 @@ class Stats:
         }
 
 
-def time_split(n: int, fractions: Sequence[float] = SPLIT_FRACTIONS) -> Split:
-    """Split ``n`` rows by time into train/val/test ranges (in that order, no overlap)."""
+def time_split(n: int, fractions: Sequence[float] = SPLIT_FRACTIONS, gap: int = 0) -> Split:
+    """Split ``n`` rows by time into train/val/test ranges (in that order, no overlap).
+
+    ``gap`` rows are dropped at the end of train and of validation: a row's target lies
+    ``horizon`` steps after its input, so with ``gap = horizon`` no training target falls
+    in the validation period and no validation target in the test period.
+    """
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) <= 0:
         raise DataError(
             f"split fractions must be three positive numbers summing to 1, got {fractions}"
         )
     n_train = round(n * fractions[0])
     n_val = round(n * fractions[1])
-    if n_train < 2 or n_val < 2 or n - n_train - n_val < 2:
-        raise DataError(f"{n} rows are too few to split {fractions} by time")
-    return Split(train=(0, n_train), val=(n_train, n_train + n_val), test=(n_train + n_val, n))
+    if gap < 0:
+        raise DataError(f"the gap between parts must be 0 or more rows, got {gap}")
+    if n_train - gap < 2 or n_val - gap < 2 or n - n_train - n_val < 2:
+        raise DataError(f"{n} rows are too few to split {fractions} by time with a gap of {gap}")
+    return Split(
+        train=(0, n_train - gap),
+        val=(n_train, n_train + n_val - gap),
+        test=(n_train + n_val, n),
+    )
 
 
 def fit_stats(series: Series, split: Split) -> Stats:

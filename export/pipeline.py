@@ -100,7 +100,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         targets=spec.targets or None,
         seed=spec.train.seed,
     )
-    split = datasets.time_split(len(series))
+    split = datasets.time_split(len(series), gap=series.horizon)  # no target crosses a part
     config = ModelConfig(
         cell=spec.cell,
         n_features=series.n_features,

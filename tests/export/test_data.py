@@ -49,6 +49,15 @@ def test_time_split_is_ordered_disjoint_and_complete():
     assert sum(split.sizes().values()) == 1000
 
 
+def test_time_split_gap_keeps_every_target_inside_its_part():
+    horizon = 5
+    split = data.time_split(1000, gap=horizon)
+    assert split.train == (0, 695) and split.val == (700, 795) and split.test == (800, 1000)
+    # row t's target is at time t + horizon: the last one of each part stays in that part
+    assert split.train[1] - 1 + horizon < split.val[0]
+    assert split.val[1] - 1 + horizon < split.test[0]
+
+
 def test_time_split_refuses_too_few_rows():
     with pytest.raises(data.DataError, match="too few"):
         data.time_split(10)
