@@ -93,7 +93,7 @@ class _AsyncStream:
                 await asyncio.wait_for(self.call.done_writing(), timeout)
             else:
                 await asyncio.wait_for(self.call.write(request), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UnavailableError(
                 f"the server took no message within {timeout:g}s",
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -108,7 +108,7 @@ class _AsyncStream:
         """The next response, None at the end of the stream; raises the stream's error."""
         try:
             item = await asyncio.wait_for(self._responses.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UnavailableError(
                 f"no answer from the server within {timeout:g}s",
                 grpc.StatusCode.DEADLINE_EXCEEDED,

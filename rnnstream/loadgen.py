@@ -462,7 +462,7 @@ async def _run_stream(
         # The measurement is done; a slow or failed goodbye changes nothing.
         with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
             await asyncio.wait_for(driver.close(), min(spec.timeout_s, 10.0))
-    except (grpc.RpcError, LoadError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, grpc.RpcError, LoadError, OSError) as exc:
         stats.error = _error_text(exc)
     finally:
         if not warmed:
@@ -512,7 +512,7 @@ async def run_async(spec: LoadSpec, protocol: StreamProtocol | None = None) -> L
     try:
         try:
             await asyncio.wait_for(protocol.prepare(channels[0], spec), spec.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LoadError(
                 f"cannot reach {spec.target}: no answer within {spec.timeout_s:g}s "
                 "(is the server up? --timeout waits longer)"

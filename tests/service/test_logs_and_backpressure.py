@@ -59,7 +59,7 @@ def test_a_client_that_does_not_read_stalls_its_stream_not_the_server(server):
                     request = pb.StreamRequest(steps=pb.Steps(start=sent * 2000, x=x))
                     await asyncio.wait_for(call.write(request), timeout=2.0)
                     sent += 1
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             info = await stub.GetSession(pb.GetSessionRequest(session_id=opened.opened.session_id))
             call.cancel()
