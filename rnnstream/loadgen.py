@@ -290,11 +290,6 @@ def _describe(message: object) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def read_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/PID/stat."""
-    return _stat_fields(pid)[0]
-
-
 def _stat_fields(pid: int) -> tuple[float, int]:
     """(CPU seconds, parent pid) of a process."""
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:

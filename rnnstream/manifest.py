@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -33,8 +33,6 @@ INPUT_STATE = "state"
 OUTPUT_Y = "y"
 OUTPUT_STATE = "state_out"
 
-Cell = Literal["rnn", "gru", "lstm"]
-Task = Literal["forecast", "classify"]
 CELLS: tuple[str, ...] = ("rnn", "gru", "lstm")
 TASKS: tuple[str, ...] = ("forecast", "classify")
 
