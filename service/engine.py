@@ -117,12 +117,11 @@ class Engine:
 
         Returns a future on the running loop; the table rows are updated as each step
         runs, and the future resolves once all T steps have run. A request of at most
-        ``inline_max_steps`` session-steps runs on the event loop itself: for small work,
-        handing over to the engine thread and back costs more than the compute. It runs at
-        once (the future is done on return) when nothing else is queued in the loop's
-        current iteration, else at the end of the iteration, together with every other
-        small request submitted in it. Larger requests go to the engine thread, so I/O
-        goes on meanwhile.
+        ``inline_max_steps`` session-steps runs on the event loop itself, at the end of the
+        loop's current iteration, together with every other small request submitted in it:
+        for small work, handing over to the engine thread and back costs more than the
+        compute. (``try_run_now`` runs a lone one at once.) Larger requests go to the
+        engine thread, so I/O goes on meanwhile.
         """
         if self._closing:
             raise EngineClosed(f"engine of {self.name} is closed")
@@ -143,11 +142,6 @@ class Engine:
             ),
         )
         if k * steps <= self.inline_max_steps:
-            if not self._inline and not _has_ready_work(loop):
-                # Nothing else is about to run in this iteration, so nothing to batch with:
-                # compute now, and the caller needs no further loop iterations.
-                self._finish_now([request])
-                return request.future
             if not self._inline:
                 loop.call_soon(self._run_inline)
             self._inline.append(request)
@@ -156,6 +150,48 @@ class Engine:
             self._pending.append(request)
             self._cond.notify()
         return request.future
+
+    def try_run_now(self, x: np.ndarray, row: int, want_states: bool) -> StepResult | None:
+        """Run ``x [T, F]`` for table ``row`` at once, on the calling thread; None if it may not.
+
+        The lean path for the common case of one session's small message arriving alone:
+        it runs when ``T <= inline_max_steps`` and nothing else is queued in the event
+        loop's current iteration (so there is nothing to batch with), without a request
+        object, a future or a hand-over. Otherwise it returns None and the caller submits.
+        The row is written once, after every step succeeded: an error leaves it as it was
+        (and is raised). Returns ``y [T, O]`` and, with ``want_states``, ``states [T, S]``.
+        """
+        steps = x.shape[0]
+        if steps > self.inline_max_steps or self._inline or self._closing:
+            return None
+        if _has_ready_work(asyncio.get_running_loop()):
+            return None
+        state = self.table.rows[row : row + 1]  # [1, S], a view: run() reads it first
+        states: np.ndarray | None = None
+        calls = 1
+        if steps == 1:
+            y, state = self.graph.run(x, state)  # [1, O], [1, S]
+            if want_states:
+                states = state
+        elif self.sequence is not None and not want_states:
+            y, state = self.sequence.run(x[None], state)
+            y = y[0]  # [T, O]
+        else:
+            y = np.empty((steps, self.graph.n_outputs), dtype=np.float32)
+            if want_states:
+                states = np.empty((steps, self.graph.state_size), dtype=np.float32)
+            for t in range(steps):
+                y[t : t + 1], state = self.graph.run(x[t : t + 1], state)
+                if states is not None:
+                    states[t] = state[0]
+            calls = steps
+        self.table.rows[row] = state[0]
+        self.batches += calls
+        self.sequence_steps += steps
+        if self.on_batch is not None:
+            for _ in range(calls):
+                self.on_batch(1)
+        return StepResult(y=y, states=states)
 
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the thread."""
@@ -181,10 +217,6 @@ class Engine:
     def _run_inline(self) -> None:
         """On the event loop: run the small requests submitted during this iteration."""
         active, self._inline = self._inline, []
-        self._finish_now(active)
-
-    def _finish_now(self, active: list[_Request]) -> None:
-        """Run requests to completion on the calling thread (the event loop's)."""
         while active:
             active = self._advance_safely(active, _set_results)
 

@@ -9,6 +9,7 @@ silently) and CPU otherwise.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +89,50 @@ class StepGraph:
         self.n_outputs = manifest.n_outputs
         self.state_size = manifest.state_size
         self._outputs = [OUTPUT_Y, OUTPUT_STATE]
+        self._run_options = ort.RunOptions()  # one for all runs: a default per call costs
+        # A one-session step (the common lone message) runs through preallocated buffers
+        # bound once per thread, which skips onnxruntime's per-call wrapping of inputs and
+        # allocation of outputs (~25 us of ~150 us in the message path). Only on CPU:
+        # there the buffers are the tensors' memory.
+        self._bind_single = not chunked and self.provider == CPU
+        self._local = threading.local()
 
     def run(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """X [B, F] (or [B, T, F]), state [B, S] -> y [B, O] (or [B, T, O]), state_out [B, S]."""
-        y, state_out = self.session.run(self._outputs, {INPUT_X: x, INPUT_STATE: state})
+        if self._bind_single and x.shape[0] == 1:
+            return self._run_single(x, state)
+        y, state_out = self.session.run(
+            self._outputs, {INPUT_X: x, INPUT_STATE: state}, self._run_options
+        )
         return y, state_out
+
+    def _run_single(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One session's step through this thread's bound buffers; returns copies."""
+        bound: _SingleBinding | None = getattr(self._local, "single", None)
+        if bound is None:
+            bound = self._local.single = _SingleBinding(self)
+        bound.x[...] = x
+        bound.state[...] = state
+        self.session.run_with_iobinding(bound.binding)
+        return bound.y.copy(), bound.state_out.copy()
+
+
+class _SingleBinding:
+    """Buffers for a batch of one, bound to the graph's inputs and outputs once."""
+
+    def __init__(self, graph: StepGraph) -> None:
+        self.x = np.zeros((1, graph.n_features), dtype=np.float32)
+        self.state = np.zeros((1, graph.state_size), dtype=np.float32)
+        self.y = np.zeros((1, graph.n_outputs), dtype=np.float32)
+        self.state_out = np.zeros((1, graph.state_size), dtype=np.float32)
+        self.binding = graph.session.io_binding()
+        for name, array, bind in (
+            (INPUT_X, self.x, self.binding.bind_input),
+            (INPUT_STATE, self.state, self.binding.bind_input),
+            (OUTPUT_Y, self.y, self.binding.bind_output),
+            (OUTPUT_STATE, self.state_out, self.binding.bind_output),
+        ):
+            bind(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
 
 
 def check_graph(

@@ -381,28 +381,31 @@ class SessionManager:
                 f"resend from step {session.next_step}"
             )
         skip = min(session.next_step - start, n)
-        new_x = x[skip:]
-        replayed_from, replayed_y, replayed_states = self._replayed(session, start, skip)
-        if len(new_x) == 0:
-            self._touch(session)
-            return StepsOutcome(replayed_from, replayed_y, replayed_states, applied=0)
-        loaded = session.model
-        session.pending_state = loaded.table.rows[session.row].copy()
-        future = loaded.engine.submit(
-            new_x[None], rows=np.array([session.row]), want_states=session.return_state
-        )
-        if future.done():  # computed at once on the event loop
-            self._record(session, future)
+        new_x = x[skip:] if skip else x
+        if skip:
+            replayed_from, replayed_y, replayed_states = self._replayed(session, start, skip)
+            if len(new_x) == 0:
+                self._touch(session)
+                return StepsOutcome(replayed_from, replayed_y, replayed_states, applied=0)
+        engine = session.model.engine
+        result = engine.try_run_now(new_x, session.row, session.return_state)
+        if result is not None:  # computed at once on the event loop: nothing was in flight
+            y, states = result.y, result.states  # [n_new, O], [n_new, S]
+            self._advance(session, y, states)
         else:
+            session.pending_state = session.model.table.rows[session.row].copy()
+            future = engine.submit(
+                new_x[None], rows=np.array([session.row]), want_states=session.return_state
+            )
             session.inflight = future
             # The bookkeeping runs when the engine finishes, even if this coroutine is
             # cancelled meanwhile (its stream superseded): the row has moved on, so must
             # next_step.
             future.add_done_callback(lambda f: self._record(session, f))
             await asyncio.shield(future)
-        result = future.result()
-        y = result.y[0]  # [n_new, O]
-        states = result.states[0] if result.states is not None else None  # [n_new, S]
+            done = future.result()
+            y = done.y[0]  # [n_new, O]
+            states = done.states[0] if done.states is not None else None  # [n_new, S]
         if skip == 0:
             return StepsOutcome(start, y, states, applied=len(new_x))
         return StepsOutcome(
@@ -415,7 +418,7 @@ class SessionManager:
         )
 
     def _record(self, session: Session, future: asyncio.Future[StepResult]) -> None:
-        """Advance the session's bookkeeping after the engine ran its steps."""
+        """Settle the session's bookkeeping after the engine ran (or failed) its steps."""
         session.inflight = None
         before, session.pending_state = session.pending_state, None
         if future.cancelled() or future.exception() is not None:
@@ -425,15 +428,19 @@ class SessionManager:
                 session.model.table.rows[session.row] = before
         else:
             result = future.result()
-            y = result.y[0]  # [n, O]
-            states = result.states[0] if result.states is not None else None  # [n, S]
-            n = len(y)
-            session.next_step += n
-            session.sequence_steps += n
-            self._remember(session, y, states)
-            self._touch(session)
+            self._advance(
+                session, result.y[0], result.states[0] if result.states is not None else None
+            )
         if session.ended is not None:
             self._release_row(session)
+
+    def _advance(self, session: Session, y: np.ndarray, states: np.ndarray | None) -> None:
+        """The session ran ``len(y)`` more steps: move its step counters and replay cache."""
+        n = len(y)
+        session.next_step += n
+        session.sequence_steps += n
+        self._remember(session, y, states)
+        self._touch(session)
 
     def _remember(self, session: Session, y: np.ndarray, states: np.ndarray | None) -> None:
         """Keep the outputs of the last ``replay_steps`` steps to answer retransmissions.
