@@ -21,8 +21,10 @@ from service.sessions import EndReason
 SMALL = 48
 
 
-def _floats(values: Sequence[float]) -> np.ndarray:
-    """A repeated float field as a float32 array, by the faster path for its size."""
+def _floats(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A repeated float field (or an already decoded array) as a float32 array."""
+    if isinstance(values, np.ndarray):
+        return values
     n = len(values)
     if n <= SMALL:
         return np.fromiter(values, dtype=np.float32, count=n)
@@ -30,9 +32,12 @@ def _floats(values: Sequence[float]) -> np.ndarray:
 
 
 def decode_steps(
-    values: Sequence[float], manifest: Manifest, max_steps: int, field: str
+    values: Sequence[float] | np.ndarray, manifest: Manifest, max_steps: int, field: str
 ) -> np.ndarray:
-    """Row-major ``[n_steps * F]`` floats -> ``[n_steps, F]`` float32, checked."""
+    """Row-major ``[n_steps * F]`` floats -> ``[n_steps, F]`` float32, checked.
+
+    ``values`` is the protobuf field or the array ``wire.StepsFrame`` already decoded.
+    """
     x = _floats(values)
     f = manifest.n_features
     if x.size == 0:
@@ -122,44 +127,6 @@ def flat(array: np.ndarray | None) -> list[float]:
     if array is None:
         return []
     return np.ascontiguousarray(array, dtype=np.float32).ravel().tolist()
-
-
-def outputs(start: int, y: np.ndarray, states: np.ndarray | None) -> pb.Outputs:
-    """The Outputs message of steps ``start..``: ``y [n, O]`` and ``states [n, S]`` or None.
-
-    Large arrays are written as the packed wire bytes and parsed (a copy), which is many
-    times faster than converting each float to a Python object and back.
-    """
-    if y.size + (0 if states is None else states.size) <= SMALL:
-        return pb.Outputs(start=start, y=flat(y), state=flat(states))
-    wire = bytearray(_varint_field(1, start))
-    wire += _packed_floats(2, y)
-    if states is not None:
-        wire += _packed_floats(3, states)
-    return pb.Outputs.FromString(bytes(wire))
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf base-128 varint."""
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _varint_field(number: int, value: int) -> bytes:
-    """Tag and value of a varint field (wire type 0)."""
-    return _varint(number << 3) + _varint(value)
-
-
-def _packed_floats(number: int, array: np.ndarray) -> bytes:
-    """Tag, length and little-endian float32 bytes of a packed repeated float field."""
-    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
 
 
 def end_reason(reason: EndReason) -> pb.EndReason.ValueType:

@@ -25,9 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rnnstream.v1 import rnnstream_pb2 as pb
-from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service import snapshot
+from service import snapshot, wire
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.servicer import PredictorServicer
@@ -36,7 +34,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+SERVICE_NAME = wire.SERVICE.full_name
 REAPER_PERIOD_S = 1.0
 
 
@@ -154,9 +152,7 @@ async def start(settings: Settings) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_PredictorServicer_to_server(
-        PredictorServicer(repository, sessions, settings, metrics), server
-    )
+    wire.add_to_server(PredictorServicer(repository, sessions, settings, metrics), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

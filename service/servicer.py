@@ -19,13 +19,14 @@ import grpc
 
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service import codec
+from service import codec, wire
 from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from service.metrics import Metrics
 from service.predict import predict
 from service.repository import ModelRepository
 from service.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
 from service.settings import Settings
+from service.wire import StepsFrame
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +180,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         request = await context.read()
         if request is _EOF:
             return None
-        assert isinstance(request, pb.StreamRequest)
-        if request.WhichOneof("kind") != "open":
+        kind = "steps" if isinstance(request, StepsFrame) else request.WhichOneof("kind")
+        if kind != "open":
             raise InvalidArgument(
                 f"the first message of a stream must be Open, got "
-                f"{request.WhichOneof('kind') or 'an empty StreamRequest'}: send "
+                f"{kind or 'an empty StreamRequest'}: send "
                 "StreamRequest{open: {model: ...}} first"
             )
+        assert isinstance(request, pb.StreamRequest)
         return request.open
 
     def _opened(self, session: Session) -> pb.Opened:
@@ -214,17 +216,21 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 if session.sequence_steps and session.ended is None:
                     await context.write(await self._final(session, reset=False))
                 return
-            assert isinstance(request, pb.StreamRequest)
-            kind = request.WhichOneof("kind")
+            if isinstance(request, StepsFrame):  # the common case, read by wire.read_request
+                start, values = request.start, request.x
+                kind = "steps"
+            else:
+                assert isinstance(request, pb.StreamRequest)
+                kind = request.WhichOneof("kind")
+                start, values = request.steps.start, request.steps.x
             if kind == "steps":
                 began = time.perf_counter()
-                x = codec.decode_steps(request.steps.x, manifest, max_steps, "Steps.x")
-                out = await self.sessions.steps(session, request.steps.start, x)
+                x = codec.decode_steps(values, manifest, max_steps, "Steps.x")
+                out = await self.sessions.steps(session, start, x)
                 if session.return_sequences:
                     states = out.states if session.return_state else None
-                    await context.write(
-                        pb.StreamResponse(outputs=codec.outputs(out.start, out.y, states))
-                    )
+                    # Written as bytes: write_response passes them through (see wire).
+                    await context.write(wire.outputs_bytes(out.start, out.y, states))  # type: ignore[arg-type]
                 self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":
                 await context.write(await self._final(session, reset=request.end.reset))
