@@ -11,9 +11,9 @@ Starts each system as its own process on 127.0.0.1 and a free port:
 then runs the load generator (:mod:`rnnstream.loadgen`, in this process) against each,
 interleaved (A B C A B C ...) over ``--reps`` repetitions so that drift in the machine's
 load hits every system alike: lock-step, one time step per message, at each stream count;
-then a chunked run (1 stream, ``--chunk-steps`` steps per message). It prints a table of
-medians with ratios against the echo floor and the baselines measured in the same run,
-checks the targets of issue 4, writes JSON to ``bench/results/`` and a plot to
+then chunked runs (``--chunk-streams`` streams, ``--chunk-steps`` steps per message). It
+prints a table of medians with ratios against the echo floor and the baselines measured in
+the same run, checks the targets of issue 4, writes JSON to ``bench/results/`` and a plot to
 ``docs/img/bench_throughput.png``.
 
     python -m bench.harness --quick             # < 1 minute
@@ -98,6 +98,7 @@ class Settings:
     warmup_s: float
     reps: int
     chunk_steps: int
+    chunk_streams: list[int]
     chunk_duration_s: float
     models: Path | None
     model: str
@@ -360,11 +361,12 @@ def plan(settings: Settings, systems: Sequence[System]) -> list[tuple[int, int, 
         for streams in settings.streams:
             runs.extend((i, streams, 1, settings.duration_s) for i in order)
         if settings.chunk_steps > 1:
-            runs.extend(
-                (i, 1, settings.chunk_steps, settings.chunk_duration_s)
-                for i in order
-                if systems[i].chunks
-            )
+            for streams in settings.chunk_streams:
+                runs.extend(
+                    (i, streams, settings.chunk_steps, settings.chunk_duration_s)
+                    for i in order
+                    if systems[i].chunks
+                )
     return runs
 
 
@@ -575,7 +577,7 @@ def report(cells: Sequence[Cell], subject: str = "rnnstream") -> tuple[str, list
             checks.append(
                 {
                     "target": f"{subject} >= {CHUNK_TARGET_STEPS_PER_S:,} steps/s, "
-                    f"1 stream, k={c.steps}",
+                    f"{c.streams} stream{'s' if c.streams != 1 else ''}, k={c.steps}",
                     "value": round(c.timesteps_per_s),
                     "per_server_cpu_second": None if per_core is None else round(per_core),
                     "met": c.timesteps_per_s >= CHUNK_TARGET_STEPS_PER_S,
@@ -670,8 +672,11 @@ def parse(argv: Sequence[str] | None) -> Settings:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run")
     p.add_argument("--reps", type=int, default=3, help="repetitions (interleaved)")
+    p.add_argument("--chunk-steps", type=int, default=256, help="k of the chunked runs (0: none)")
     p.add_argument(
-        "--chunk-steps", type=int, default=256, help="k of the chunked run (1 stream; 0: none)"
+        "--chunk-streams",
+        default="1,16",
+        help="stream counts of the chunked runs (1: latency-bound; 16: sessions share batches)",
     )
     p.add_argument("--chunk-duration", type=float, default=None, help="(default: --duration)")
     p.add_argument(
@@ -727,6 +732,7 @@ def parse(argv: Sequence[str] | None) -> Settings:
         warmup_s=warmup,
         reps=max(1, reps),
         chunk_steps=args.chunk_steps,
+        chunk_streams=[int(s) for s in args.chunk_streams.split(",") if s.strip()],
         chunk_duration_s=args.chunk_duration or duration,
         models=args.models,
         model=args.model,
@@ -784,6 +790,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
         "warmup_s": settings.warmup_s,
         "reps": settings.reps,
         "chunk_steps": settings.chunk_steps,
+        "chunk_streams": settings.chunk_streams,
         "argv": list(sys.argv[1:] if argv is None else argv),
         "label": settings.label,
         "notes": settings.notes,

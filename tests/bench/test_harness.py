@@ -29,6 +29,8 @@ def test_harness_smoke(tiny_models: Path, tmp_path: Path) -> None:
             "2",
             "--chunk-steps",
             "4",
+            "--chunk-streams",
+            "1,2",
             "--models",
             str(tiny_models),
             "--model",
@@ -47,8 +49,14 @@ def test_harness_smoke(tiny_models: Path, tmp_path: Path) -> None:
     assert "/echo" in text and "/diy" in text
     document = json.loads(out.read_text())
     results = document["results"]
-    # 2 reps x (2 stream counts + 1 chunked) x 3 systems
-    assert len(results) == 18
+    # 2 reps x (2 stream counts + 2 chunked) x 3 systems
+    assert len(results) == 24
+    assert {(r["streams"], r["steps_per_message"]) for r in results} == {
+        (1, 1),
+        (2, 1),
+        (1, 4),
+        (2, 4),
+    }
     assert all(r["errors"] == 0 for r in results)
     assert {r["label"] for r in results} == {"echo", "rnnstream", "diy"}
     assert all(r["server_cpu_us_per_msg"] is not None for r in results)
@@ -57,12 +65,16 @@ def test_harness_smoke(tiny_models: Path, tmp_path: Path) -> None:
 
 
 def test_interleaved_plan_rotates_systems() -> None:
-    settings = harness.parse(["--streams", "1,16", "--reps", "2", "--chunk-steps", "8"])
+    settings = harness.parse(
+        ["--streams", "1,16", "--reps", "2", "--chunk-steps", "8", "--chunk-streams", "1,4"]
+    )
     systems = [harness.System(name, ["true"]) for name in ("a", "b")]
     order = [("ab"[i], streams, k) for i, streams, k, _ in harness.plan(settings, systems)]
     assert order == [
-        ("a", 1, 1), ("b", 1, 1), ("a", 16, 1), ("b", 16, 1), ("a", 1, 8), ("b", 1, 8),
-        ("b", 1, 1), ("a", 1, 1), ("b", 16, 1), ("a", 16, 1), ("b", 1, 8), ("a", 1, 8),
+        ("a", 1, 1), ("b", 1, 1), ("a", 16, 1), ("b", 16, 1),
+        ("a", 1, 8), ("b", 1, 8), ("a", 4, 8), ("b", 4, 8),
+        ("b", 1, 1), ("a", 1, 1), ("b", 16, 1), ("a", 16, 1),
+        ("b", 1, 8), ("a", 1, 8), ("b", 4, 8), ("a", 4, 8),
     ]  # fmt: skip
 
 
