@@ -711,8 +711,13 @@ def parse(argv: Sequence[str] | None) -> Settings:
 
     streams = [int(s) for s in args.streams.split(",") if s.strip()]
     duration, warmup, reps = args.duration, args.warmup, args.reps
+    chunk_streams = [int(s) for s in args.chunk_streams.split(",") if s.strip()]
+    if any(n < 1 for n in [*streams, *chunk_streams]):
+        p.error("--streams and --chunk-streams take stream counts of 1 or more")
     if args.quick:
         streams = [1, 16] if args.streams == p.get_default("streams") else streams
+        if args.chunk_streams == p.get_default("chunk_streams"):
+            chunk_streams = [1]
         duration = min(duration, 1.5)
         warmup = min(warmup, 0.3)
         reps = 1 if args.reps == p.get_default("reps") else reps
@@ -732,7 +737,7 @@ def parse(argv: Sequence[str] | None) -> Settings:
         warmup_s=warmup,
         reps=max(1, reps),
         chunk_steps=args.chunk_steps,
-        chunk_streams=[int(s) for s in args.chunk_streams.split(",") if s.strip()],
+        chunk_streams=chunk_streams,
         chunk_duration_s=args.chunk_duration or duration,
         models=args.models,
         model=args.model,

@@ -162,7 +162,7 @@ class Engine:
         (and is raised). Returns ``y [T, O]`` and, with ``want_states``, ``states [T, S]``.
         """
         steps = x.shape[0]
-        if steps > self.inline_max_steps or self._inline or self._closing:
+        if not 0 < steps <= self.inline_max_steps or self._inline or self._closing:
             return None
         if _has_ready_work(asyncio.get_running_loop()):
             return None
@@ -185,12 +185,12 @@ class Engine:
                 if states is not None:
                     states[t] = state[0]
             calls = steps
-        self.table.rows[row] = state[0]
         self.batches += calls
         self.sequence_steps += steps
         if self.on_batch is not None:
             for _ in range(calls):
                 self.on_batch(1)
+        self.table.rows[row] = state[0]  # last: nothing after it can fail
         return StepResult(y=y, states=states)
 
     def close(self, timeout: float | None = None) -> None:

@@ -99,7 +99,7 @@ class StepGraph:
 
     def run(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """X [B, F] (or [B, T, F]), state [B, S] -> y [B, O] (or [B, T, O]), state_out [B, S]."""
-        if self._bind_single and x.shape[0] == 1:
+        if self._bind_single and x.shape[0] == 1 and x.ndim == state.ndim == 2:
             return self._run_single(x, state)
         y, state_out = self.session.run(
             self._outputs, {INPUT_X: x, INPUT_STATE: state}, self._run_options
@@ -111,6 +111,12 @@ class StepGraph:
         bound: _SingleBinding | None = getattr(self._local, "single", None)
         if bound is None:
             bound = self._local.single = _SingleBinding(self)
+        if (x.shape, x.dtype, state.shape, state.dtype) != bound.accepts:
+            # What onnxruntime would refuse must not be cast or broadcast into the buffers.
+            y, state_out = self.session.run(
+                self._outputs, {INPUT_X: x, INPUT_STATE: state}, self._run_options
+            )
+            return y, state_out
         bound.x[...] = x
         bound.state[...] = state
         self.session.run_with_iobinding(bound.binding)
@@ -125,6 +131,7 @@ class _SingleBinding:
         self.state = np.zeros((1, graph.state_size), dtype=np.float32)
         self.y = np.zeros((1, graph.n_outputs), dtype=np.float32)
         self.state_out = np.zeros((1, graph.state_size), dtype=np.float32)
+        self.accepts = (self.x.shape, self.x.dtype, self.state.shape, self.state.dtype)
         self.binding = graph.session.io_binding()
         for name, array, bind in (
             (INPUT_X, self.x, self.binding.bind_input),

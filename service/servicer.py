@@ -56,7 +56,11 @@ def _unary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 class PredictorServicer(pb_grpc.PredictorServicer):
-    """rnnstream.v1.Predictor over a model repository and a session manager."""
+    """rnnstream.v1.Predictor over a model repository and a session manager.
+
+    Register it with ``wire.add_to_server``: Stream reads ``wire.StepsFrame`` and writes
+    pre-encoded bytes, which the generated registration's codecs do not know.
+    """
 
     def __init__(
         self,

@@ -382,7 +382,7 @@ class SessionManager:
             )
         skip = min(session.next_step - start, n)
         new_x = x[skip:] if skip else x
-        if skip:
+        if skip or len(new_x) == 0:  # (most messages are new steps only: no replay lookup)
             replayed_from, replayed_y, replayed_states = self._replayed(session, start, skip)
             if len(new_x) == 0:
                 self._touch(session)

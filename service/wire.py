@@ -63,6 +63,8 @@ def write_response(response: bytes | pb.StreamResponse) -> bytes:
 
 def outputs_bytes(start: int, y: np.ndarray, states: np.ndarray | None) -> bytes:
     """``StreamResponse{outputs: {start, y, state}}`` as protobuf would serialize it."""
+    if not 0 <= start <= _UINT64:
+        raise ValueError(f"Outputs.start {start} is not a uint64")
     body = b""
     if start:
         body += bytes((_START,)) + _varint(start)
@@ -107,7 +109,7 @@ def _steps_frame(data: bytes) -> StepsFrame | None:
     n = len(data)
     if n < 2 or data[0] != _STEPS:
         return None
-    length, i = _read_varint(data, 1)
+    length, i = _read_size(data, 1)
     if length < 0 or i + length != n:
         return None  # more than the one Steps field (or truncated): protobuf decides
     start = 0
@@ -120,7 +122,7 @@ def _steps_frame(data: bytes) -> StepsFrame | None:
                 return None
             start &= _UINT64
         elif tag == _X and x is None:
-            size, i = _read_varint(data, i + 1)
+            size, i = _read_size(data, i + 1)
             if size < 0 or size % 4 or i + size > n:
                 return None
             # A copy: aligned and writable, and it does not keep the message alive.
@@ -133,11 +135,17 @@ def _steps_frame(data: bytes) -> StepsFrame | None:
     return StepsFrame(start, x if x is not None else np.empty(0, dtype=np.float32))
 
 
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+def _read_size(data: bytes, i: int) -> tuple[int, int]:
+    """A length prefix at ``data[i:]``: as protobuf, at most 5 bytes and below 2**31 (else -1)."""
+    value, i = _read_varint(data, i, max_bytes=5)
+    return (value if value < 1 << 31 else -1), i
+
+
+def _read_varint(data: bytes, i: int, max_bytes: int = 10) -> tuple[int, int]:
     """A base-128 varint at ``data[i:]``: (value, next index); value -1 if malformed."""
     value = shift = 0
     n = len(data)
-    while i < n and shift < 70:
+    while i < n and shift < 7 * max_bytes:
         byte = data[i]
         i += 1
         value |= (byte & 0x7F) << shift

@@ -81,5 +81,11 @@ def test_interleaved_plan_rotates_systems() -> None:
 def test_quick_is_short() -> None:
     settings = harness.parse(["--quick"])
     assert settings.streams == [1, 16]
+    assert settings.chunk_streams == [1]
     assert settings.reps == 1
     assert settings.duration_s <= 1.5
+
+
+def test_stream_counts_must_be_positive() -> None:
+    with pytest.raises(SystemExit):
+        harness.parse(["--chunk-streams", "0"])

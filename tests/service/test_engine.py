@@ -269,3 +269,12 @@ def test_a_one_row_step_through_bound_buffers_matches_a_plain_run(tiny_models: P
             np.testing.assert_array_equal(y, want_y)
             np.testing.assert_array_equal(state, want_state)
         assert got[k][0][0] is not got[k][1][0]  # copies, not the bound buffer
+
+
+def test_the_one_row_path_refuses_what_onnxruntime_refuses(tiny_models: Path):
+    directory = tiny_models / "tiny" / "1"
+    graph = StepGraph(directory / "model.onnx", Manifest.load(directory))
+    state = np.zeros((1, 5), np.float32)
+    for x in (np.zeros((1, 2), np.float64), np.zeros((1, 3), np.float32)):
+        with pytest.raises(Exception, match=r"(?i)invalid|dimension|type"):
+            graph.run(x, state)

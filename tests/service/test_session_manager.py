@@ -175,3 +175,53 @@ def test_retransmission_with_return_state_returns_states_for_new_steps(manager):
     sessions.open("", "", session.id, None, True)  # resume, now with return_state
     out = asyncio.run(sessions.steps(session, 3, x[3:]))
     assert out.states is not None and len(out.states) == len(out.y) == 6 - out.start
+
+
+@pytest.mark.parametrize("inline_max_steps", [0, 64])
+def test_a_message_of_no_steps_applies_nothing(tiny_models: Path, inline_max_steps: int):
+    settings = Settings.from_env(
+        {}, models=tiny_models, state_dir="", inline_max_steps=inline_max_steps
+    )
+    repo = ModelRepository.load(settings)
+    sessions = SessionManager(repo, settings)
+    session = sessions.open("tiny", "", "", None, False)
+
+    async def drive():
+        await sessions.steps(session, 0, np.ones((3, 2), np.float32))
+        row = session.state_row()
+        out = await sessions.steps(session, 3, np.empty((0, 2), np.float32))
+        assert out.applied == 0 and len(out.y) == 0 and session.next_step == 3
+        np.testing.assert_array_equal(session.state_row(), row)
+
+    try:
+        asyncio.run(drive())
+    finally:
+        repo.close()
+
+
+def test_a_failing_metrics_hook_on_the_lean_path_moves_nothing(tiny_models: Path):
+    settings = Settings.from_env({}, models=tiny_models, state_dir="", inline_max_steps=64)
+    repo = ModelRepository.load(settings)
+    sessions = SessionManager(repo, settings)
+    session = sessions.open("tiny", "", "", None, False)
+    engine = session.model.engine
+
+    def broken(size: int) -> None:
+        raise RuntimeError("metrics backend down")
+
+    async def drive():
+        await sessions.steps(session, 0, np.ones((2, 2), np.float32))
+        row = session.state_row()
+        engine.on_batch = broken
+        with pytest.raises(RuntimeError, match="metrics backend down"):
+            await sessions.steps(session, 2, np.ones((2, 2), np.float32))
+        assert session.next_step == 2  # neither the row nor the step count moved:
+        np.testing.assert_array_equal(session.state_row(), row)  # a resend applies once
+        engine.on_batch = None
+        out = await sessions.steps(session, 2, np.ones((2, 2), np.float32))
+        assert out.applied == 2 and session.next_step == 4
+
+    try:
+        asyncio.run(drive())
+    finally:
+        repo.close()

@@ -101,3 +101,26 @@ def test_steps_framed_bytes_with_noise_read_as_protobuf_would(prefix, start, x):
         prefix + bytes([0x12, len(inner)]) + inner,
     ):
         test_any_bytes_read_as_protobuf_would.hypothesis.inner_test(data)
+
+
+@pytest.mark.parametrize("pad", [1, 4, 5, 9])
+def test_length_prefixes_longer_than_protobuf_allows_are_refused_alike(pad):
+    """A size padded with 0x80 continuation bytes: protobuf takes at most 5 bytes."""
+
+    def padded(size: int) -> bytes:
+        return bytes([size | 0x80] + [0x80] * (pad - 1) + [0x00]) if pad else bytes([size])
+
+    x = np.float32(1.5).tobytes()
+    inner = bytes([0x08, 5, 0x12]) + padded(len(x)) + x
+    for data in (
+        bytes([0x12]) + padded(len(inner)) + inner,  # the Steps length padded
+        bytes([0x12, len(inner)]) + inner,  # the x size padded
+    ):
+        test_any_bytes_read_as_protobuf_would.hypothesis.inner_test(data)
+
+
+def test_outputs_bytes_refuse_a_start_that_is_not_uint64():
+    y = np.zeros((1, 1), np.float32)
+    for start in (-1, 2**64):
+        with pytest.raises(ValueError, match="uint64"):
+            wire.outputs_bytes(start, y, None)
