@@ -55,6 +55,29 @@ def _unary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
+class _EndedWhileWriting(Exception):
+    """The stream's session ended or moved while a reply was being written."""
+
+
+async def _write(
+    context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
+    handle: StreamHandle,
+    response: pb.StreamResponse | bytes,
+) -> None:
+    """Write a Stream reply (a message or ``wire`` bytes) without being cancelled mid-write.
+
+    ``StreamHandle.end`` does not cancel a stream that is writing; the end is noticed here,
+    once the write is done, and the stream stops as if it had been cancelled then.
+    """
+    handle.writing = True
+    try:
+        await context.write(response)  # type: ignore[arg-type]  # bytes: see wire
+    finally:
+        handle.writing = False
+    if handle.reason is not None:
+        raise _EndedWhileWriting
+
+
 class PredictorServicer(pb_grpc.PredictorServicer):
     """rnnstream.v1.Predictor over a model repository and a session manager.
 
@@ -151,13 +174,13 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             # From here on the finally clause detaches, however the stream ends.
             self.sessions.attach(session, handle)
             await self.sessions.settle(session)
-            await context.write(pb.StreamResponse(opened=self._opened(session)))
-            await self._serve(session, context)
-        except asyncio.CancelledError:
+            await _write(context, handle, pb.StreamResponse(opened=self._opened(session)))
+            await self._serve(session, handle, context)
+        except (asyncio.CancelledError, _EndedWhileWriting):
             if handle.reason is None or session is None:
                 raise  # the client went away, or grpc is stopping: nothing to say
             task = asyncio.current_task()
-            if task is not None:
+            if task is not None and task.cancelling():
                 task.uncancel()
             ended = pb.SessionEnded(
                 session_id=session.id,
@@ -209,6 +232,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     async def _serve(
         self,
         session: Session,
+        handle: StreamHandle,
         context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
     ) -> None:
         """Steps and End until the client half-closes or ends the session."""
@@ -218,7 +242,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             request = await context.read()
             if request is _EOF:
                 if session.sequence_steps and session.ended is None:
-                    await context.write(await self._final(session, reset=False))
+                    await _write(context, handle, await self._final(session, reset=False))
                 return
             if isinstance(request, StepsFrame):  # the common case, read by wire.read_request
                 start, values = request.start, request.x
@@ -234,10 +258,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 if session.return_sequences:
                     states = out.states if session.return_state else None
                     # Written as bytes: write_response passes them through (see wire).
-                    await context.write(wire.outputs_bytes(out.start, out.y, states))  # type: ignore[arg-type]
+                    await _write(context, handle, wire.outputs_bytes(out.start, out.y, states))
                 self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":
-                await context.write(await self._final(session, reset=request.end.reset))
+                await _write(context, handle, await self._final(session, reset=request.end.reset))
                 if request.end.close:
                     self.sessions.close(session, EndReason.CLIENT_END)
                     return

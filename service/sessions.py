@@ -67,20 +67,24 @@ class StreamHandle:
     """The live stream a session is attached to; ``end`` stops it with a reason.
 
     The servicer creates one per stream around its own task; ending it cancels that task,
-    which then tells its client why and returns.
+    which then tells its client why and returns. While the servicer is writing a reply
+    (``writing``) the task is not cancelled: a write cut short leaves grpc's send in
+    flight, and the reply saying why the stream ended could not be sent after it. The
+    servicer looks at ``reason`` once the write is done instead.
     """
 
-    __slots__ = ("reason", "task")
+    __slots__ = ("reason", "task", "writing")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.reason: EndReason | None = None
+        self.writing = False
 
     def end(self, reason: EndReason) -> None:
         """Stop the stream (once) because its session ended or moved."""
         if self.reason is None:
             self.reason = reason
-            if self.task is not None:
+            if self.task is not None and not self.writing:
                 self.task.cancel()
 
 

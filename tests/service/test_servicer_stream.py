@@ -1,0 +1,76 @@
+"""The Stream handler against a stand-in context: how a stream ends while it is writing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from rnnstream.v1 import rnnstream_pb2 as pb
+from service.metrics import Metrics
+from service.repository import ModelRepository
+from service.servicer import PredictorServicer
+from service.sessions import SessionManager
+from service.settings import Settings
+
+_EOF = object()
+
+
+class SlowWriteContext:
+    """A ServicerContext whose writes wait at a gate while ``gate`` is closed."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[object] = asyncio.Queue()
+        self.written: list[pb.StreamResponse] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting_at_gate = asyncio.Event()
+
+    async def read(self) -> object:
+        return await self.requests.get()
+
+    async def write(self, message: pb.StreamResponse | bytes) -> None:
+        if not self.gate.is_set():
+            self.waiting_at_gate.set()
+            await self.gate.wait()
+        if isinstance(message, bytes):
+            message = pb.StreamResponse.FromString(message)
+        self.written.append(message)
+
+    def cancelled(self) -> bool:
+        return False
+
+    async def abort(self, code: object, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Path):
+    settings = Settings.from_env({}, models=tiny_models, state_dir="")
+    repository = ModelRepository.load(settings)
+    sessions = SessionManager(repository, settings)
+    servicer = PredictorServicer(repository, sessions, settings, Metrics(sessions))
+
+    async def drive() -> list[pb.StreamResponse]:
+        context = SlowWriteContext()
+        task = asyncio.create_task(servicer.Stream(None, context))  # type: ignore[arg-type]
+        await context.requests.put(pb.StreamRequest(open=pb.Open(model="tiny")))
+        while not context.written:
+            await asyncio.sleep(0.01)
+        session_id = context.written[0].opened.session_id
+        context.gate.clear()  # the next reply's write hangs, as on a slow network
+        x = np.ones(2, np.float32).tolist()
+        await context.requests.put(pb.StreamRequest(steps=pb.Steps(start=0, x=x)))
+        await asyncio.wait_for(context.waiting_at_gate.wait(), 10)
+        assert sessions.delete(session_id)  # ends the stream in the middle of that write
+        context.gate.set()
+        await asyncio.wait_for(task, 10)
+        return context.written
+
+    try:
+        written = asyncio.run(drive())
+    finally:
+        repository.close()
+    kinds = [m.WhichOneof("kind") for m in written]
+    assert kinds == ["opened", "outputs", "ended"]  # the reply in flight, then why it ended
+    assert written[2].ended.reason == pb.END_REASON_DELETED
