@@ -177,8 +177,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             await _write(context, handle, pb.StreamResponse(opened=self._opened(session)))
             await self._serve(session, handle, context)
         except (asyncio.CancelledError, _EndedWhileWriting):
-            if handle.reason is None or session is None:
-                raise  # the client went away, or grpc is stopping: nothing to say
+            if handle.reason is None or session is None or handle.cut_off:
+                raise  # the client went away or stopped reading, or grpc is stopping
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 task.uncancel()

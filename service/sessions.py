@@ -70,22 +70,36 @@ class StreamHandle:
     which then tells its client why and returns. While the servicer is writing a reply
     (``writing``) the task is not cancelled: a write cut short leaves grpc's send in
     flight, and the reply saying why the stream ended could not be sent after it. The
-    servicer looks at ``reason`` once the write is done instead.
+    servicer looks at ``reason`` once the write is done instead; a stream still not done
+    ``write_grace_s`` later (a client that stopped reading) is cut off: cancelled after
+    all, with nothing more written.
     """
 
-    __slots__ = ("reason", "task", "writing")
+    __slots__ = ("cut_off", "reason", "task", "writing")
+    write_grace_s = 5.0
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.reason: EndReason | None = None
         self.writing = False
+        self.cut_off = False
 
     def end(self, reason: EndReason) -> None:
         """Stop the stream (once) because its session ended or moved."""
         if self.reason is None:
             self.reason = reason
-            if self.task is not None and not self.writing:
+            if self.task is None:
+                return
+            if self.writing:
+                self.task.get_loop().call_later(self.write_grace_s, self._cut_off)
+            else:
                 self.task.cancel()
+
+    def _cut_off(self) -> None:
+        """The stream did not finish its write in time: cancel it, telling nobody."""
+        if self.task is not None and not self.task.done():
+            self.cut_off = True
+            self.task.cancel()
 
 
 @dataclass

@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rnnstream.v1 import rnnstream_pb2 as pb
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.servicer import PredictorServicer
-from service.sessions import SessionManager
+from service.sessions import SessionManager, StreamHandle
 from service.settings import Settings
 
 _EOF = object()
@@ -26,6 +27,7 @@ class SlowWriteContext:
         self.gate = asyncio.Event()
         self.gate.set()
         self.waiting_at_gate = asyncio.Event()
+        self.ended_cancelled = False
 
     async def read(self) -> object:
         return await self.requests.get()
@@ -45,13 +47,16 @@ class SlowWriteContext:
         raise AssertionError(f"aborted: {code} {details}")
 
 
-def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Path):
+def _end_while_writing(tiny_models: Path, write_takes_s: float | None) -> SlowWriteContext:
+    """Open, then step; delete the session while the reply's write waits ``write_takes_s``
+    (None: forever, a client that stopped reading). Returns the context once the handler ended.
+    """
     settings = Settings.from_env({}, models=tiny_models, state_dir="")
     repository = ModelRepository.load(settings)
     sessions = SessionManager(repository, settings)
     servicer = PredictorServicer(repository, sessions, settings, Metrics(sessions))
 
-    async def drive() -> list[pb.StreamResponse]:
+    async def drive() -> SlowWriteContext:
         context = SlowWriteContext()
         task = asyncio.create_task(servicer.Stream(None, context))  # type: ignore[arg-type]
         await context.requests.put(pb.StreamRequest(open=pb.Open(model="tiny")))
@@ -63,14 +68,32 @@ def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Pa
         await context.requests.put(pb.StreamRequest(steps=pb.Steps(start=0, x=x)))
         await asyncio.wait_for(context.waiting_at_gate.wait(), 10)
         assert sessions.delete(session_id)  # ends the stream in the middle of that write
-        context.gate.set()
-        await asyncio.wait_for(task, 10)
-        return context.written
+        if write_takes_s is not None:
+            await asyncio.sleep(write_takes_s)
+            context.gate.set()
+        await asyncio.wait({task}, timeout=10)
+        context.ended_cancelled = task.cancelled()
+        return context
 
     try:
-        written = asyncio.run(drive())
+        return asyncio.run(drive())
     finally:
         repository.close()
+
+
+def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Path):
+    context = _end_while_writing(tiny_models, write_takes_s=0.05)
+    written = context.written
+    assert not context.ended_cancelled
     kinds = [m.WhichOneof("kind") for m in written]
     assert kinds == ["opened", "outputs", "ended"]  # the reply in flight, then why it ended
     assert written[2].ended.reason == pb.END_REASON_DELETED
+
+
+def test_a_write_stuck_past_the_grace_is_cancelled_after_all(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(StreamHandle, "write_grace_s", 0.2)
+    context = _end_while_writing(tiny_models, write_takes_s=None)
+    assert context.ended_cancelled  # the handler ended, cancelled: grpc says CANCELLED
+    assert [m.WhichOneof("kind") for m in context.written] == ["opened"]  # nothing more
