@@ -48,7 +48,10 @@ def test_a_client_that_does_not_read_stalls_its_stream_not_the_server(server):
     total = 400
 
     async def main() -> tuple[int, int]:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        # No BDP probing on this side: a client that does not read would otherwise let
+        # grpc grow its receive window (to megabytes when the machine is slow).
+        options = [("grpc.http2.bdp_probe", 0)]
+        async with grpc.aio.insecure_channel(server.address, options=options) as channel:
             stub = pb_grpc.PredictorStub(channel)
             call = stub.Stream()  # type: ignore[call-arg]
             await call.write(pb.StreamRequest(open=pb.Open(model="tiny")))
