@@ -17,15 +17,18 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service import snapshot, wire
+from rnnstream.v1 import rnnstream_pb2 as pb
+from service import codec, snapshot
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.servicer import PredictorServicer
@@ -34,7 +37,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = wire.SERVICE.full_name
+PREDICTOR = pb.DESCRIPTOR.services_by_name["Predictor"]
+SERVICE_NAME = PREDICTOR.full_name
 REAPER_PERIOD_S = 1.0
 
 
@@ -75,6 +79,38 @@ class RunningServer:
         await asyncio.get_running_loop().run_in_executor(None, self.repository.close)
         self.metrics.close()
         log.info("stopped")
+
+
+def add_predictor(servicer: Any, server: grpc.aio.Server) -> None:
+    """Register every Predictor method from the service descriptor; Stream with the lean codec.
+
+    The other methods get the generated (de)serializers, so a method added to the proto is
+    served without edits here.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in PREDICTOR.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        deserialize: Callable[[bytes], Any] = request_class.FromString
+        serialize: Callable[[Any], bytes] = response_class.SerializeToString
+        if method.name == "Stream":
+            deserialize, serialize = codec.read_stream_request, codec.write_stream_response
+        factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=deserialize,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
+_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 async def save_snapshot(sessions: SessionManager, settings: Settings) -> None:
@@ -152,7 +188,7 @@ async def start(settings: Settings) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    wire.add_to_server(PredictorServicer(repository, sessions, settings, metrics), server)
+    add_predictor(PredictorServicer(repository, sessions, settings, metrics), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -19,14 +19,13 @@ import grpc
 
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service import codec, wire
+from service import codec
 from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from service.metrics import Metrics
 from service.predict import predict
 from service.repository import ModelRepository
 from service.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
 from service.settings import Settings
-from service.wire import StepsFrame
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,14 @@ async def _write(
     handle: StreamHandle,
     response: pb.StreamResponse | bytes,
 ) -> None:
-    """Write a Stream reply (a message or ``wire`` bytes) without being cancelled mid-write.
+    """Write a Stream reply (a message, or ``codec.outputs_bytes``) without being cancelled.
 
     ``StreamHandle.end`` does not cancel a stream that is writing; the end is noticed here,
     once the write is done, and the stream stops as if it had been cancelled then.
     """
     handle.writing = True
     try:
-        await context.write(response)  # type: ignore[arg-type]  # bytes: see wire
+        await context.write(response)  # type: ignore[arg-type]  # bytes: see codec
     finally:
         handle.writing = False
     if handle.reason is not None:
@@ -81,7 +80,7 @@ async def _write(
 class PredictorServicer(pb_grpc.PredictorServicer):
     """rnnstream.v1.Predictor over a model repository and a session manager.
 
-    Register it with ``wire.add_to_server``: Stream reads ``wire.StepsFrame`` and writes
+    Register it with ``server.add_predictor``: Stream reads ``codec.StepsFrame`` and writes
     pre-encoded bytes, which the generated registration's codecs do not know.
     """
 
@@ -207,7 +206,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         request = await context.read()
         if request is _EOF:
             return None
-        kind = "steps" if isinstance(request, StepsFrame) else request.WhichOneof("kind")
+        kind = "steps" if isinstance(request, codec.StepsFrame) else request.WhichOneof("kind")
         if kind != "open":
             raise InvalidArgument(
                 f"the first message of a stream must be Open, got "
@@ -244,7 +243,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 if session.sequence_steps and session.ended is None:
                     await _write(context, handle, await self._final(session, reset=False))
                 return
-            if isinstance(request, StepsFrame):  # the common case, read by wire.read_request
+            if isinstance(request, codec.StepsFrame):  # the common case (codec.read_stream_request)
                 start, values = request.start, request.x
                 kind = "steps"
             else:
@@ -257,8 +256,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 out = await self.sessions.steps(session, start, x)
                 if session.return_sequences:
                     states = out.states if session.return_state else None
-                    # Written as bytes: write_response passes them through (see wire).
-                    await _write(context, handle, wire.outputs_bytes(out.start, out.y, states))
+                    # Written as bytes: codec.write_stream_response passes them through.
+                    await _write(context, handle, codec.outputs_bytes(out.start, out.y, states))
                 self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":
                 await _write(context, handle, await self._final(session, reset=request.end.reset))

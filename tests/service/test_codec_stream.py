@@ -1,4 +1,4 @@
-"""The Stream hot path's wire codec: byte-identical to protobuf, protobuf's rules otherwise."""
+"""The codec's Stream hot path: byte-identical to protobuf, protobuf's rules otherwise."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnstream.v1 import rnnstream_pb2 as pb
-from service import wire
+from service import codec
 
 
 @pytest.mark.parametrize(
@@ -26,14 +26,14 @@ def test_outputs_bytes_are_what_protobuf_writes(start, n, o, s):
             state=[] if states is None else states.ravel().tolist(),
         )
     )
-    assert wire.outputs_bytes(start, y, states) == plain.SerializeToString()
-    assert wire.write_response(plain) == plain.SerializeToString()
+    assert codec.outputs_bytes(start, y, states) == plain.SerializeToString()
+    assert codec.write_stream_response(plain) == plain.SerializeToString()
 
 
 def test_outputs_bytes_of_no_outputs():
     empty = np.empty((0, 1), np.float32)
     want = pb.StreamResponse(outputs=pb.Outputs()).SerializeToString()
-    assert wire.outputs_bytes(0, empty, None) == want
+    assert codec.outputs_bytes(0, empty, None) == want
 
 
 @given(
@@ -43,8 +43,8 @@ def test_outputs_bytes_of_no_outputs():
 @settings(max_examples=300, deadline=None)
 def test_a_steps_message_is_read_fast_and_equal_to_protobuf(start, x):
     data = pb.StreamRequest(steps=pb.Steps(start=start, x=x)).SerializeToString()
-    frame = wire.read_request(data)
-    assert isinstance(frame, wire.StepsFrame)
+    frame = codec.read_stream_request(data)
+    assert isinstance(frame, codec.StepsFrame)
     assert frame.start == start
     assert frame.x.dtype == np.float32 and frame.x.flags.writeable and frame.x.flags.aligned
     np.testing.assert_array_equal(frame.x, np.array(x, np.float32))
@@ -54,19 +54,19 @@ def test_everything_but_plain_steps_is_left_to_protobuf():
     open_ = pb.StreamRequest(open=pb.Open(model="m"))
     end = pb.StreamRequest(end=pb.End(close=True))
     for message in (open_, end, pb.StreamRequest()):
-        assert wire.read_request(message.SerializeToString()) == message
+        assert codec.read_stream_request(message.SerializeToString()) == message
     # x written unpacked (field 2, wire type 5 per value), as some encoders may
     unpacked = bytes([0x08, 3]) + b"".join(
         bytes([0x15]) + np.float32(v).tobytes() for v in (1.5, -2.0)
     )
     data = bytes([0x12, len(unpacked)]) + unpacked
-    parsed = wire.read_request(data)
+    parsed = codec.read_stream_request(data)
     assert isinstance(parsed, pb.StreamRequest)
     assert parsed.steps.start == 3 and list(parsed.steps.x) == [1.5, -2.0]
     # Steps then End in one buffer: the oneof's last field wins, as protobuf says
     steps = pb.StreamRequest(steps=pb.Steps(start=1, x=[1.0]))
     both = steps.SerializeToString() + end.SerializeToString()
-    assert wire.read_request(both) == end
+    assert codec.read_stream_request(both) == end
 
 
 @given(data=st.binary(max_size=64))
@@ -76,10 +76,10 @@ def test_any_bytes_read_as_protobuf_would(data):
         want = pb.StreamRequest.FromString(data)
     except Exception:  # protobuf refuses it: so must we (the same error)
         with pytest.raises(Exception):  # noqa: B017
-            wire.read_request(data)
+            codec.read_stream_request(data)
         return
-    got = wire.read_request(data)
-    if isinstance(got, wire.StepsFrame):
+    got = codec.read_stream_request(data)
+    if isinstance(got, codec.StepsFrame):
         assert want.WhichOneof("kind") == "steps"
         assert got.start == want.steps.start
         np.testing.assert_array_equal(got.x, np.array(want.steps.x, np.float32))
@@ -123,4 +123,4 @@ def test_outputs_bytes_refuse_a_start_that_is_not_uint64():
     y = np.zeros((1, 1), np.float32)
     for start in (-1, 2**64):
         with pytest.raises(ValueError, match="uint64"):
-            wire.outputs_bytes(start, y, None)
+            codec.outputs_bytes(start, y, None)
