@@ -51,18 +51,10 @@ class _Request:
     future: asyncio.Future[StepResult]
     y: np.ndarray  # [k, T, O]
     states: np.ndarray | None  # [k, T, S] when the caller wants every state
+    k: int  # number of sequences
+    steps: int  # number of time steps T
     t: int = 0
     error: BaseException | None = field(default=None)
-
-    @property
-    def k(self) -> int:
-        """Number of sequences."""
-        return int(self.x.shape[0])
-
-    @property
-    def steps(self) -> int:
-        """Number of time steps T."""
-        return int(self.x.shape[1])
 
 
 class EngineClosed(RuntimeError):
@@ -140,6 +132,8 @@ class Engine:
                 if want_states
                 else None
             ),
+            k=k,
+            steps=steps,
         )
         if k * steps <= self.inline_max_steps:
             if not self._inline:
@@ -291,13 +285,18 @@ class Engine:
     def _run(self, batch: list[_Request], chunked: bool = False) -> None:
         """One time step (``chunked``: all T steps) for every request: gather, run, scatter."""
         table = self.table.rows
+        rows: np.ndarray | None = None  # every request's rows, when all are sessions'
         if len(batch) == 1:
             request = batch[0]
             x = request.x if chunked else request.x[:, request.t]  # [k, T, F] or [k, F]
             state = self._state_of(request, table)
         else:
             x = np.concatenate([r.x if chunked else r.x[:, r.t] for r in batch])
-            state = np.concatenate([self._state_of(r, table) for r in batch])  # [sum k, S]
+            if all(r.rows is not None for r in batch):  # one gather, not one per request
+                rows = np.concatenate([r.rows for r in batch])
+                state = table[rows]  # [sum k, S]
+            else:
+                state = np.concatenate([self._state_of(r, table) for r in batch])
         graph = self.sequence if chunked and self.sequence is not None else self.graph
         try:
             y, state_out = graph.run(x, state)
@@ -312,14 +311,16 @@ class Engine:
         self.sequence_steps += len(x) * steps
         if self.on_batch is not None:
             self.on_batch(len(x))
+        if rows is not None:
+            table[rows] = state_out  # a session has one request in flight: rows are distinct
         offset = 0
         for request in batch:
             part = slice(offset, offset + request.k)
             offset += request.k
-            if request.rows is not None:
-                table[request.rows] = state_out[part]
-            else:
+            if request.rows is None:
                 request.state = state_out[part]
+            elif rows is None:
+                table[request.rows] = state_out[part]
             if chunked:
                 request.y = y[part]  # [k, T, O]
                 request.t = steps
