@@ -186,8 +186,11 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 reason=codec.end_reason(handle.reason),
                 message=END_MESSAGES[handle.reason],
             )
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await context.write(pb.StreamResponse(ended=ended))
+            # The client may be gone already, or not reading: a bounded, best-effort write.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    context.write(pb.StreamResponse(ended=ended)), handle.write_grace_s
+                )
         except ServiceError as exc:
             self.metrics.error(exc.code)
             await context.abort(exc.code, exc.message)

@@ -97,3 +97,31 @@ def test_a_write_stuck_past_the_grace_is_cancelled_after_all(
     context = _end_while_writing(tiny_models, write_takes_s=None)
     assert context.ended_cancelled  # the handler ended, cancelled: grpc says CANCELLED
     assert [m.WhichOneof("kind") for m in context.written] == ["opened"]  # nothing more
+
+
+def test_the_reason_is_not_waited_for_forever_by_a_client_that_does_not_read(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(StreamHandle, "write_grace_s", 0.2)
+    settings = Settings.from_env({}, models=tiny_models, state_dir="")
+    repository = ModelRepository.load(settings)
+    sessions = SessionManager(repository, settings)
+    servicer = PredictorServicer(repository, sessions, settings, Metrics(sessions))
+
+    async def drive() -> SlowWriteContext:
+        context = SlowWriteContext()
+        task = asyncio.create_task(servicer.Stream(None, context))  # type: ignore[arg-type]
+        await context.requests.put(pb.StreamRequest(open=pb.Open(model="tiny")))
+        while not context.written:
+            await asyncio.sleep(0.01)
+        context.gate.clear()  # from now on no write completes
+        assert sessions.delete(context.written[0].opened.session_id)  # while it reads
+        await asyncio.wait({task}, timeout=10)
+        assert task.done()  # the SessionEnded write was given up after the grace
+        return context
+
+    try:
+        context = asyncio.run(drive())
+    finally:
+        repository.close()
+    assert [m.WhichOneof("kind") for m in context.written] == ["opened"]
