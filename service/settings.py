@@ -63,7 +63,8 @@ class Settings:
         default="~/.local/state/rnnstream",
         metadata={
             "help": "where sessions are snapshotted at shutdown and restored at start "
-            "(empty: keep nothing across restarts)"
+            "(empty: keep nothing across restarts)",
+            "empty_means_none": True,  # so RNNSTREAM_STATE_DIR= disables it, as the flag does
         },
     )
     snapshot_interval_s: float = field(
@@ -134,12 +135,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``RNNSTREAM_*`` variables, then ``overrides`` (None means unset)."""
+        """Defaults, then ``RNNSTREAM_*`` variables, then ``overrides`` (None means unset).
+
+        An empty variable counts as unset, except for settings where empty means "none"
+        (``RNNSTREAM_STATE_DIR=``: no snapshots).
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or f.metadata.get("empty_means_none")):
                 values[f.name] = _parse(cls, f.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -14,6 +14,15 @@ TINY = TinyRnn.random(n_features=2, hidden=5, n_outputs=3, seed=1)
 TINY_M2O = TinyRnn.random(n_features=3, hidden=4, n_outputs=1, seed=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """HOME in a temporary folder: no test reads or writes the user's real state directory
+    (~/.local/state/rnnstream), whatever settings it forgets to pass."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

@@ -209,7 +209,9 @@ def test_draining_is_retried_then_unavailable(tiny_models):
     from service.server import BackgroundServer
     from service.settings import Settings
 
-    settings = Settings.from_env({}, models=tiny_models, host="127.0.0.1", port=0, grace_s=0.2)
+    settings = Settings.from_env(
+        {}, models=tiny_models, host="127.0.0.1", port=0, grace_s=0.2, state_dir=""
+    )
     srv = BackgroundServer(settings).start()
     try:
         with rnnstream.Client(srv.address, timeout=5, max_retries=2, backoff=0.01) as c:

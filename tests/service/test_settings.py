@@ -25,3 +25,9 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"RNNSTREAM_PORT": "x"})
     with pytest.raises(ValueError, match="device is 'tpu'"):
         Settings.from_env({}, device="tpu")
+
+
+def test_an_empty_state_dir_variable_disables_snapshots_as_the_flag_does():
+    assert Settings.from_env({"RNNSTREAM_STATE_DIR": ""}).snapshot_path is None
+    assert Settings.from_env({"RNNSTREAM_PORT": ""}).port == 50051  # empty: unset
+    assert Settings.from_env({}).snapshot_path is not None
