@@ -74,6 +74,7 @@ async def _write(
     finally:
         handle.writing = False
     if handle.reason is not None:
+        handle.write_done()
         raise _EndedWhileWriting
 
 
@@ -176,11 +177,20 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             await _write(context, handle, pb.StreamResponse(opened=self._opened(session)))
             await self._serve(session, handle, context)
         except (asyncio.CancelledError, _EndedWhileWriting):
-            if handle.reason is None or session is None or handle.cut_off:
-                raise  # the client went away or stopped reading, or grpc is stopping
+            if handle.reason is None or session is None:
+                raise  # the client went away, or grpc is stopping: nothing to say
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 task.uncancel()
+            if handle.cut_off:
+                # A reply could not be delivered (the client stopped reading): no
+                # SessionEnded can follow it, but a status can, queued behind it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        context.abort(grpc.StatusCode.UNAVAILABLE, END_MESSAGES[handle.reason]),
+                        handle.write_grace_s,
+                    )
+                return
             ended = pb.SessionEnded(
                 session_id=session.id,
                 reason=codec.end_reason(handle.reason),
@@ -199,6 +209,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 return  # a write failed because the client cancelled: nobody to tell
             raise
         finally:
+            handle.write_done()  # no cut-off timer outlives the stream
             if session is not None:
                 self.sessions.detach(session, handle)
 

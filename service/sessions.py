@@ -75,7 +75,7 @@ class StreamHandle:
     all, with nothing more written.
     """
 
-    __slots__ = ("cut_off", "reason", "task", "writing")
+    __slots__ = ("cut_off", "reason", "task", "timer", "writing")
     write_grace_s = 5.0
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
@@ -83,6 +83,7 @@ class StreamHandle:
         self.reason: EndReason | None = None
         self.writing = False
         self.cut_off = False
+        self.timer: asyncio.TimerHandle | None = None
 
     def end(self, reason: EndReason) -> None:
         """Stop the stream (once) because its session ended or moved."""
@@ -91,12 +92,19 @@ class StreamHandle:
             if self.task is None:
                 return
             if self.writing:
-                self.task.get_loop().call_later(self.write_grace_s, self._cut_off)
+                self.timer = self.task.get_loop().call_later(self.write_grace_s, self._cut_off)
             else:
                 self.task.cancel()
 
+    def write_done(self) -> None:
+        """The write in flight when the stream was ended finished in time."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def _cut_off(self) -> None:
-        """The stream did not finish its write in time: cancel it, telling nobody."""
+        """The stream did not finish its write in time: cancel it (see the servicer)."""
+        self.timer = None
         if self.task is not None and not self.task.done():
             self.cut_off = True
             self.task.cancel()

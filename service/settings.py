@@ -60,11 +60,13 @@ class Settings:
         default=10_000, metadata={"help": "most live streams at once; more are refused"}
     )
     state_dir: str = field(
-        default="~/.local/state/rnnstream",
+        default_factory=lambda: default_state_dir(os.environ),
         metadata={
             "help": "where sessions are snapshotted at shutdown and restored at start "
-            "(empty: keep nothing across restarts)",
-            "empty_means_none": True,  # so RNNSTREAM_STATE_DIR= disables it, as the flag does
+            "(default $XDG_STATE_HOME/rnnstream, else ~/.local/state/rnnstream; "
+            "empty: keep nothing across restarts)",
+            # A text setting: so RNNSTREAM_STATE_DIR= disables it, as --state-dir '' does.
+            "empty_means_none": True,
         },
     )
     snapshot_interval_s: float = field(
@@ -160,6 +162,12 @@ class Settings:
     def help(cls, name: str) -> str:
         """The help text of one field."""
         return str(next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"])
+
+
+def default_state_dir(environ: Mapping[str, str]) -> str:
+    """``$XDG_STATE_HOME/rnnstream``, else ``~/.local/state/rnnstream`` (XDG base dirs)."""
+    base = environ.get("XDG_STATE_HOME") or "~/.local/state"
+    return str(Path(base) / "rnnstream")
 
 
 def _parse(cls: type[Settings], name: str, raw: str) -> Any:

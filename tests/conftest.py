@@ -15,11 +15,11 @@ TINY_M2O = TinyRnn.random(n_features=3, hidden=4, n_outputs=1, seed=2)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """HOME in a temporary folder: no test reads or writes the user's real state directory
-    (~/.local/state/rnnstream), whatever settings it forgets to pass."""
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """XDG_STATE_HOME in a temporary folder: no test reads or writes the user's real state
+    directory, whatever settings it forgets to pass (servers it starts inherit it)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         yield
 
 

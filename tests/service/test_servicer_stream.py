@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -19,7 +20,10 @@ _EOF = object()
 
 
 class SlowWriteContext:
-    """A ServicerContext whose writes wait at a gate while ``gate`` is closed."""
+    """A ServicerContext whose writes wait at a gate while ``gate`` is closed.
+
+    ``passes`` lets that many writes through a closed gate, one at a time (``release``).
+    """
 
     def __init__(self) -> None:
         self.requests: asyncio.Queue[object] = asyncio.Queue()
@@ -27,15 +31,29 @@ class SlowWriteContext:
         self.gate = asyncio.Event()
         self.gate.set()
         self.waiting_at_gate = asyncio.Event()
+        self.passes = 0
+        self.released = asyncio.Event()
         self.ended_cancelled = False
+        self.aborted: tuple[object, str] | None = None
+
+    def release_one(self) -> None:
+        """Let the write waiting at the closed gate through; the next one waits again."""
+        self.passes += 1
+        self.released.set()
 
     async def read(self) -> object:
         return await self.requests.get()
 
     async def write(self, message: pb.StreamResponse | bytes) -> None:
-        if not self.gate.is_set():
+        while not self.gate.is_set() and not self.passes:
             self.waiting_at_gate.set()
-            await self.gate.wait()
+            self.released.clear()
+            await asyncio.wait(
+                [asyncio.ensure_future(e.wait()) for e in (self.gate, self.released)],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        if not self.gate.is_set():
+            self.passes -= 1
         if isinstance(message, bytes):
             message = pb.StreamResponse.FromString(message)
         self.written.append(message)
@@ -44,10 +62,13 @@ class SlowWriteContext:
         return False
 
     async def abort(self, code: object, details: str) -> None:
-        raise AssertionError(f"aborted: {code} {details}")
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
 
 
-def _end_while_writing(tiny_models: Path, write_takes_s: float | None) -> SlowWriteContext:
+def _end_while_writing(
+    tiny_models: Path, write_takes_s: float | None, then_stuck: bool = False
+) -> SlowWriteContext:
     """Open, then step; delete the session while the reply's write waits ``write_takes_s``
     (None: forever, a client that stopped reading). Returns the context once the handler ended.
     """
@@ -70,7 +91,10 @@ def _end_while_writing(tiny_models: Path, write_takes_s: float | None) -> SlowWr
         assert sessions.delete(session_id)  # ends the stream in the middle of that write
         if write_takes_s is not None:
             await asyncio.sleep(write_takes_s)
-            context.gate.set()
+            if then_stuck:
+                context.release_one()  # that write ends in time; the next one never does
+            else:
+                context.gate.set()
         await asyncio.wait({task}, timeout=10)
         context.ended_cancelled = task.cancelled()
         return context
@@ -90,13 +114,28 @@ def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Pa
     assert written[2].ended.reason == pb.END_REASON_DELETED
 
 
-def test_a_write_stuck_past_the_grace_is_cancelled_after_all(
+def test_a_write_stuck_past_the_grace_is_cut_off_with_a_status_saying_why(
     tiny_models: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(StreamHandle, "write_grace_s", 0.2)
     context = _end_while_writing(tiny_models, write_takes_s=None)
-    assert context.ended_cancelled  # the handler ended, cancelled: grpc says CANCELLED
+    assert not context.ended_cancelled  # the handler ended by itself
     assert [m.WhichOneof("kind") for m in context.written] == ["opened"]  # nothing more
+    assert context.aborted == (
+        grpc.StatusCode.UNAVAILABLE,
+        "the session was deleted (DeleteSession)",
+    )  # the status, queued behind the undelivered reply, says why
+
+
+def test_a_write_that_ends_in_time_is_not_cut_off_later(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The grace timer of a write that finished is cancelled: it must not cut into the
+    SessionEnded write (bounded by its own grace) that follows."""
+    monkeypatch.setattr(StreamHandle, "write_grace_s", 0.3)
+    context = _end_while_writing(tiny_models, write_takes_s=0.15, then_stuck=True)
+    assert not context.ended_cancelled and context.aborted is None
+    assert [m.WhichOneof("kind") for m in context.written] == ["opened", "outputs"]
 
 
 def test_the_reason_is_not_waited_for_forever_by_a_client_that_does_not_read(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, bundled_models_dir
+from service.settings import Settings, bundled_models_dir, default_state_dir
 
 
 def test_defaults_follow_the_architecture():
@@ -31,3 +31,9 @@ def test_an_empty_state_dir_variable_disables_snapshots_as_the_flag_does():
     assert Settings.from_env({"RNNSTREAM_STATE_DIR": ""}).snapshot_path is None
     assert Settings.from_env({"RNNSTREAM_PORT": ""}).port == 50051  # empty: unset
     assert Settings.from_env({}).snapshot_path is not None
+
+
+def test_the_default_state_dir_follows_xdg():
+    assert default_state_dir({"XDG_STATE_HOME": "/var/lib/x"}) == "/var/lib/x/rnnstream"
+    assert default_state_dir({}) == "~/.local/state/rnnstream"
+    assert default_state_dir({"XDG_STATE_HOME": ""}) == "~/.local/state/rnnstream"
