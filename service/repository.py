@@ -8,6 +8,7 @@ and says what differs. Versions are ordered numerically when they are numbers, s
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class LoadedModel:
     table: StateTable
     engine: Engine
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """``name/version``."""
         return f"{self.manifest.name}/{self.manifest.version}"

@@ -230,8 +230,9 @@ class SessionManager:
         self.settings = settings
         self.clock = clock
         self.draining = False
-        # Least recently active first (a touch re-inserts): the order eviction walks.
-        self._sessions: dict[str, Session] = {}
+        # Per model version, least recently active first (a touch re-inserts): the order
+        # eviction walks, without passing other models' sessions.
+        self._by_model: dict[str, dict[str, Session]] = {}
         self._expiry: ExpiryQueue[Session] = ExpiryQueue(
             deadline=lambda s: s.expires_at, gone=lambda s: s.ended is not None
         )
@@ -241,11 +242,23 @@ class SessionManager:
         self.refused: dict[str, str] = {}
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return sum(len(sessions) for sessions in self._by_model.values())
+
+    def _find(self, session_id: str) -> Session | None:
+        """The session with this id, if any (one lookup per served model version)."""
+        for sessions in self._by_model.values():
+            session = sessions.get(session_id)
+            if session is not None:
+                return session
+        return None
+
+    def _all(self) -> list[Session]:
+        """Every session, each model's least recently active first."""
+        return [s for sessions in self._by_model.values() for s in sessions.values()]
 
     def get(self, session_id: str) -> Session:
         """The session with this id, or NotFound saying what to do."""
-        session = self._sessions.get(session_id)
+        session = self._find(session_id)
         if session is None and session_id in self.refused:
             raise NotFound(f"session {session_id!r} was not restored: {self.refused[session_id]}")
         if session is None:
@@ -321,7 +334,7 @@ class SessionManager:
 
     def _add(self, session: Session) -> None:
         """Track a new or restored session."""
-        self._sessions[session.id] = session
+        self._by_model.setdefault(session.model.key, {})[session.id] = session
         self._expiry.push(session)
 
     def _check_ttl(self, idle_ttl_s: float) -> float:
@@ -537,7 +550,7 @@ class SessionManager:
         if session.ended is not None:
             return
         session.ended = reason
-        self._sessions.pop(session.id, None)
+        self._by_model.get(session.model.key, {}).pop(session.id, None)
         self.ended_counts[reason] += 1
         log.debug(
             "session ended: %s",
@@ -558,7 +571,7 @@ class SessionManager:
 
     def delete(self, session_id: str) -> bool:
         """DeleteSession: end it now; False when there was no such session."""
-        session = self._sessions.get(session_id)
+        session = self._find(session_id)
         if session is None:
             return False
         self.close(session, EndReason.DELETED)
@@ -583,21 +596,21 @@ class SessionManager:
         The sessions themselves stay (a restored server can resume them).
         """
         self.draining = True
-        for session in list(self._sessions.values()):
+        for session in self._all():
             owner = self._drop_owner(session)
             if owner is not None:
                 owner.end(EndReason.DRAINING)
 
     async def settle_all(self) -> None:
         """Wait until no session has a step in flight."""
-        for session in list(self._sessions.values()):
+        for session in self._all():
             await self.settle(session)
 
     def snapshot(self) -> list[ModelSessions]:
         """Every session as snapshot records, grouped by model version."""
         groups: dict[str, ModelSessions] = {}
         now = self.clock()
-        for session in self._sessions.values():
+        for session in self._all():
             loaded = session.model
             group = groups.get(loaded.key)
             if group is None:
@@ -638,7 +651,7 @@ class SessionManager:
                 continue
             loaded = self.repository.get(group.model, group.version)
             for record in group.records:
-                if loaded.table.free == 0 or record.session_id in self._sessions:
+                if loaded.table.free == 0 or self._find(record.session_id) is not None:
                     self.refused[record.session_id] = "the restored server had no room for it"
                     continue
                 session = Session(
@@ -678,13 +691,17 @@ class SessionManager:
         return None
 
     def sessions(self) -> list[Session]:
-        """Every session, least recently active first."""
-        return list(self._sessions.values())
+        """Every session, each model's least recently active first."""
+        return self._all()
 
     def _evict_one(self, loaded: LoadedModel) -> bool:
-        """Evict the least recently used idle session of ``loaded``; False if none can go."""
-        for session in self._sessions.values():
-            if session.model is loaded and not session.live and session.inflight is None:
+        """Evict the least recently used idle session of ``loaded``; False if none can go.
+
+        Walks only that model's sessions, from the least recently active; the live ones it
+        passes are bounded by --max-streams.
+        """
+        for session in self._by_model.get(loaded.key, {}).values():
+            if not session.live and session.inflight is None:
                 self.close(session, EndReason.EVICTED)
                 return True
         return False
@@ -693,7 +710,8 @@ class SessionManager:
         """Mark activity: the session moves to the back of the expiry order."""
         session.last_active = self.clock()
         if session.ended is None:
-            self._sessions[session.id] = self._sessions.pop(session.id)
+            sessions = self._by_model[session.model.key]
+            sessions[session.id] = sessions.pop(session.id)
 
     def _release_row(self, session: Session) -> None:
         """Give the session's state row back (once)."""

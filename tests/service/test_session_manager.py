@@ -68,6 +68,20 @@ def test_capacity_evicts_least_recently_used_idle_session(manager):
     assert third.ended is None and fourth.ended is None and first.ended is None
 
 
+def test_eviction_takes_the_model_own_least_recent_idle_session(manager):
+    sessions, clock = manager
+    others = [sessions.open("tiny-m2o", "", "", None, False) for _ in range(3)]  # oldest
+    clock.now += 1
+    mine = [sessions.open("tiny", "", "", None, False) for _ in range(3)]
+    sessions.attach(mine[0], StreamHandle(None))
+    newest = sessions.open("tiny", "", "", None, False)  # tiny is full: evicts mine[1]
+    assert mine[1].ended is EndReason.EVICTED
+    assert all(s.ended is None for s in [*others, mine[0], mine[2], newest])
+    assert len(sessions) == 6
+    assert sessions.get(others[0].id) is others[0] and sessions.get(newest.id) is newest
+    assert {s.model.key for s in sessions.sessions()} == {"tiny/1", "tiny-m2o/1"}
+
+
 def test_full_of_live_sessions_is_resource_exhausted(manager):
     sessions, _ = manager
     for _ in range(3):
