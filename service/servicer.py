@@ -157,7 +157,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
     ) -> None:
         """One stateful session per stream: Open, then Steps and End, in order."""
-        handle = StreamHandle(asyncio.current_task())
+        handle = StreamHandle(asyncio.current_task(), self.settings.write_grace_s)
         session: Session | None = None
         try:
             open_ = await self._read_open(context)

@@ -71,15 +71,16 @@ class StreamHandle:
     (``writing``) the task is not cancelled: a write cut short leaves grpc's send in
     flight, and the reply saying why the stream ended could not be sent after it. The
     servicer looks at ``reason`` once the write is done instead; a stream still not done
-    ``write_grace_s`` later (a client that stopped reading) is cut off: cancelled after
+    ``write_grace_s`` (--write-grace-s) later (a client that stopped reading) is cut off:
+    cancelled after
     all, with nothing more written.
     """
 
-    __slots__ = ("cut_off", "reason", "task", "timer", "writing")
-    write_grace_s = 5.0
+    __slots__ = ("cut_off", "reason", "task", "timer", "write_grace_s", "writing")
 
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
+    def __init__(self, task: asyncio.Task[object] | None, write_grace_s: float = 5.0) -> None:
         self.task = task
+        self.write_grace_s = write_grace_s
         self.reason: EndReason | None = None
         self.writing = False
         self.cut_off = False

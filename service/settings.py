@@ -102,6 +102,13 @@ class Settings:
     grace_s: float = field(
         default=10.0, metadata={"help": "seconds in-flight work may take when draining"}
     )
+    write_grace_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a stream that was ended (deleted, superseded, draining) may "
+            "take to finish a reply its client is slow to read; then it is cut off"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
 
@@ -124,6 +131,8 @@ class Settings:
             problems.append(f"port {self.port} is outside 0..65535")
         if not 0 < self.idle_ttl_s <= self.max_idle_ttl_s:
             problems.append("idle_ttl_s must be positive and at most max_idle_ttl_s")
+        if not self.write_grace_s > 0:
+            problems.append("write_grace_s must be positive")
         if self.snapshot_interval_s < 0:
             problems.append("snapshot_interval_s must be 0 (off) or positive")
         if not 0 <= self.metrics_port <= 65535:

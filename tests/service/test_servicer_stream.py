@@ -7,13 +7,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
 from rnnstream.v1 import rnnstream_pb2 as pb
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.servicer import PredictorServicer
-from service.sessions import SessionManager, StreamHandle
+from service.sessions import SessionManager
 from service.settings import Settings
 
 _EOF = object()
@@ -67,12 +66,15 @@ class SlowWriteContext:
 
 
 def _end_while_writing(
-    tiny_models: Path, write_takes_s: float | None, then_stuck: bool = False
+    tiny_models: Path,
+    write_takes_s: float | None,
+    then_stuck: bool = False,
+    write_grace_s: float = 5.0,
 ) -> SlowWriteContext:
     """Open, then step; delete the session while the reply's write waits ``write_takes_s``
     (None: forever, a client that stopped reading). Returns the context once the handler ended.
     """
-    settings = Settings.from_env({}, models=tiny_models, state_dir="")
+    settings = Settings.from_env({}, models=tiny_models, state_dir="", write_grace_s=write_grace_s)
     repository = ModelRepository.load(settings)
     sessions = SessionManager(repository, settings)
     servicer = PredictorServicer(repository, sessions, settings, Metrics(sessions))
@@ -115,10 +117,9 @@ def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Pa
 
 
 def test_a_write_stuck_past_the_grace_is_cut_off_with_a_status_saying_why(
-    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: Path,
 ):
-    monkeypatch.setattr(StreamHandle, "write_grace_s", 0.2)
-    context = _end_while_writing(tiny_models, write_takes_s=None)
+    context = _end_while_writing(tiny_models, write_takes_s=None, write_grace_s=0.2)
     assert not context.ended_cancelled  # the handler ended by itself
     assert [m.WhichOneof("kind") for m in context.written] == ["opened"]  # nothing more
     assert context.aborted == (
@@ -128,21 +129,21 @@ def test_a_write_stuck_past_the_grace_is_cut_off_with_a_status_saying_why(
 
 
 def test_a_write_that_ends_in_time_is_not_cut_off_later(
-    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: Path,
 ):
     """The grace timer of a write that finished is cancelled: it must not cut into the
     SessionEnded write (bounded by its own grace) that follows."""
-    monkeypatch.setattr(StreamHandle, "write_grace_s", 0.3)
-    context = _end_while_writing(tiny_models, write_takes_s=0.15, then_stuck=True)
+    context = _end_while_writing(
+        tiny_models, write_takes_s=0.15, then_stuck=True, write_grace_s=0.3
+    )
     assert not context.ended_cancelled and context.aborted is None
     assert [m.WhichOneof("kind") for m in context.written] == ["opened", "outputs"]
 
 
 def test_the_reason_is_not_waited_for_forever_by_a_client_that_does_not_read(
-    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: Path,
 ):
-    monkeypatch.setattr(StreamHandle, "write_grace_s", 0.2)
-    settings = Settings.from_env({}, models=tiny_models, state_dir="")
+    settings = Settings.from_env({}, models=tiny_models, state_dir="", write_grace_s=0.2)
     repository = ModelRepository.load(settings)
     sessions = SessionManager(repository, settings)
     servicer = PredictorServicer(repository, sessions, settings, Metrics(sessions))
