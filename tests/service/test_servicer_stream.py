@@ -32,6 +32,7 @@ class SlowWriteContext:
         self.waiting_at_gate = asyncio.Event()
         self.passes = 0
         self.released = asyncio.Event()
+        self.finished = False
         self.ended_cancelled = False
         self.aborted: tuple[object, str] | None = None
 
@@ -65,14 +66,17 @@ class SlowWriteContext:
         raise grpc.aio.AbortError()
 
 
-def _end_while_writing(
+def _end_stream(
     tiny_models: Path,
     write_takes_s: float | None,
     then_stuck: bool = False,
     write_grace_s: float = 5.0,
+    mid_write: bool = True,
 ) -> SlowWriteContext:
     """Open, then step; delete the session while the reply's write waits ``write_takes_s``
-    (None: forever, a client that stopped reading). Returns the context once the handler ended.
+    (None: forever, a client that stopped reading). ``mid_write`` False: delete it while
+    the stream reads, with every write hanging from then on. Returns the context once the
+    handler ended (or 10 s passed).
     """
     settings = Settings.from_env({}, models=tiny_models, state_dir="", write_grace_s=write_grace_s)
     repository = ModelRepository.load(settings)
@@ -87,10 +91,11 @@ def _end_while_writing(
             await asyncio.sleep(0.01)
         session_id = context.written[0].opened.session_id
         context.gate.clear()  # the next reply's write hangs, as on a slow network
-        x = np.ones(2, np.float32).tolist()
-        await context.requests.put(pb.StreamRequest(steps=pb.Steps(start=0, x=x)))
-        await asyncio.wait_for(context.waiting_at_gate.wait(), 10)
-        assert sessions.delete(session_id)  # ends the stream in the middle of that write
+        if mid_write:
+            x = np.ones(2, np.float32).tolist()
+            await context.requests.put(pb.StreamRequest(steps=pb.Steps(start=0, x=x)))
+            await asyncio.wait_for(context.waiting_at_gate.wait(), 10)
+        assert sessions.delete(session_id)  # ends the stream (in the middle of that write)
         if write_takes_s is not None:
             await asyncio.sleep(write_takes_s)
             if then_stuck:
@@ -98,6 +103,7 @@ def _end_while_writing(
             else:
                 context.gate.set()
         await asyncio.wait({task}, timeout=10)
+        context.finished = task.done()
         context.ended_cancelled = task.cancelled()
         return context
 
@@ -108,7 +114,7 @@ def _end_while_writing(
 
 
 def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Path):
-    context = _end_while_writing(tiny_models, write_takes_s=0.05)
+    context = _end_stream(tiny_models, write_takes_s=0.05)
     written = context.written
     assert not context.ended_cancelled
     kinds = [m.WhichOneof("kind") for m in written]
@@ -116,11 +122,9 @@ def test_a_stream_ended_while_writing_still_tells_its_client_why(tiny_models: Pa
     assert written[2].ended.reason == pb.END_REASON_DELETED
 
 
-def test_a_write_stuck_past_the_grace_is_cut_off_with_a_status_saying_why(
-    tiny_models: Path,
-):
-    context = _end_while_writing(tiny_models, write_takes_s=None, write_grace_s=0.2)
-    assert not context.ended_cancelled  # the handler ended by itself
+def test_a_write_stuck_past_the_grace_is_cut_off_with_a_status_saying_why(tiny_models: Path):
+    context = _end_stream(tiny_models, write_takes_s=None, write_grace_s=0.2)
+    assert context.finished and not context.ended_cancelled  # it ended by itself
     assert [m.WhichOneof("kind") for m in context.written] == ["opened"]  # nothing more
     assert context.aborted == (
         grpc.StatusCode.UNAVAILABLE,
@@ -128,40 +132,17 @@ def test_a_write_stuck_past_the_grace_is_cut_off_with_a_status_saying_why(
     )  # the status, queued behind the undelivered reply, says why
 
 
-def test_a_write_that_ends_in_time_is_not_cut_off_later(
-    tiny_models: Path,
-):
+def test_a_write_that_ends_in_time_is_not_cut_off_later(tiny_models: Path):
     """The grace timer of a write that finished is cancelled: it must not cut into the
     SessionEnded write (bounded by its own grace) that follows."""
-    context = _end_while_writing(
-        tiny_models, write_takes_s=0.15, then_stuck=True, write_grace_s=0.3
-    )
-    assert not context.ended_cancelled and context.aborted is None
+    context = _end_stream(tiny_models, write_takes_s=0.15, then_stuck=True, write_grace_s=0.3)
+    assert context.finished and not context.ended_cancelled and context.aborted is None
     assert [m.WhichOneof("kind") for m in context.written] == ["opened", "outputs"]
 
 
 def test_the_reason_is_not_waited_for_forever_by_a_client_that_does_not_read(
     tiny_models: Path,
 ):
-    settings = Settings.from_env({}, models=tiny_models, state_dir="", write_grace_s=0.2)
-    repository = ModelRepository.load(settings)
-    sessions = SessionManager(repository, settings)
-    servicer = PredictorServicer(repository, sessions, settings, Metrics(sessions))
-
-    async def drive() -> SlowWriteContext:
-        context = SlowWriteContext()
-        task = asyncio.create_task(servicer.Stream(None, context))  # type: ignore[arg-type]
-        await context.requests.put(pb.StreamRequest(open=pb.Open(model="tiny")))
-        while not context.written:
-            await asyncio.sleep(0.01)
-        context.gate.clear()  # from now on no write completes
-        assert sessions.delete(context.written[0].opened.session_id)  # while it reads
-        await asyncio.wait({task}, timeout=10)
-        assert task.done()  # the SessionEnded write was given up after the grace
-        return context
-
-    try:
-        context = asyncio.run(drive())
-    finally:
-        repository.close()
+    context = _end_stream(tiny_models, write_takes_s=None, write_grace_s=0.2, mid_write=False)
+    assert context.finished  # the SessionEnded write was given up after the grace
     assert [m.WhichOneof("kind") for m in context.written] == ["opened"]
