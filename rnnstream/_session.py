@@ -21,6 +21,7 @@ section 4):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -32,6 +33,8 @@ from rnnstream.errors import (
     FailedPreconditionError,
     RnnstreamError,
     SessionEndedError,
+    UnavailableError,
+    is_retryable,
 )
 from rnnstream.info import ModelInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
@@ -58,6 +61,11 @@ def _protocol_error(message: str) -> RnnstreamError:
 
 
 END_OF_STREAM = object()  # queued by a stream's reader after the last response
+
+
+def ended_unexpectedly() -> UnavailableError:
+    """The error of a stream the server closed while answers were still due."""
+    return UnavailableError("the server ended the stream unexpectedly", grpc.StatusCode.CANCELLED)
 
 
 def unwrap(item: object) -> pb.StreamResponse | None:
@@ -214,6 +222,45 @@ class SessionCore:
         )
         self.end_sent = False  # resend it, unless resolve_end finds it was acted on
         return uncertain
+
+    def on_open_answer(self, response: pb.StreamResponse | None) -> bool:
+        """Take the first answer on a new stream (None: it closed) as the answer to Open.
+
+        True if an End that may have been lost must be resolved (ask ``GetSession``, then
+        call ``resolve_end``).
+        """
+        if response is None:
+            raise UnavailableError("the server closed the stream before answering Open")
+        kind = response.WhichOneof("kind")
+        if kind == "ended":
+            raise self.on_ended(response.ended)
+        if kind != "opened":
+            raise RnnstreamError(f"expected Opened, got {kind}", grpc.StatusCode.INTERNAL)
+        return self.on_opened(response.opened)
+
+    def take_ready(self, poll: Callable[[], object]) -> None:
+        """Process answers that already arrived, so that errors surface now.
+
+        ``poll`` returns an arrived response, ``END_OF_STREAM``, or None when none is there.
+        """
+        while (response := poll()) is not None:
+            if response is END_OF_STREAM:
+                raise ended_unexpectedly()
+            assert isinstance(response, pb.StreamResponse)
+            self.on_response(response)
+
+    def on_stream_error(self, error: RnnstreamError, failures: int, max_retries: int) -> bool:
+        """The stream failed with ``error`` after ``failures`` reconnects in a row.
+
+        True: stop quietly (closing, nothing left to flush; the session stays resumable).
+        False: reconnect after a backoff. Raises ``error`` when it must not be retried.
+        """
+        if self.closing and not self.pending:
+            return True
+        if not is_retryable(error) or failures >= max_retries:
+            self.after_error(error)
+            raise error
+        return False
 
     def resolve_end(self, server_sequence_steps: int) -> None:
         """After a resume with an End in flight, find out whether the server acted on it."""

@@ -25,18 +25,25 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rnnstream import _codec
-from rnnstream._session import END_OF_STREAM, HALF_CLOSE, SessionCore, SessionView, unwrap
+from rnnstream._session import (
+    END_OF_STREAM,
+    HALF_CLOSE,
+    SessionCore,
+    SessionView,
+    ended_unexpectedly,
+    unwrap,
+)
 from rnnstream.client import (
     DEFAULT_ADDRESS,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_TIMEOUT_S,
     HEALTH_CHECK_METHOD,
+    ClientBase,
     backoff_delay,
-    find_n_features,
     health_request,
     health_status,
 )
-from rnnstream.errors import RnnstreamError, UnavailableError, from_rpc_error, is_retryable
+from rnnstream.errors import RnnstreamError, UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo, SessionInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
@@ -240,15 +247,7 @@ class AsyncSession(SessionView):
         resuming = core.opened
         self._stream = stream = _AsyncStream(self._client._stub)
         await stream.send(core.open_request(), self._client.timeout)
-        response = await stream.recv(self._client.timeout)
-        if response is None:
-            raise UnavailableError("the server closed the stream before answering Open")
-        kind = response.WhichOneof("kind")
-        if kind == "ended":
-            raise core.on_ended(response.ended)
-        if kind != "opened":
-            raise RnnstreamError(f"expected Opened, got {kind}", grpc.StatusCode.INTERNAL)
-        if core.on_opened(response.opened):
+        if core.on_open_answer(await stream.recv(self._client.timeout)):
             info = await self._client.get_session(core.id)
             core.resolve_end(info.sequence_steps)
         if resuming:
@@ -267,39 +266,22 @@ class AsyncSession(SessionView):
                 for request in core.sendable():
                     await stream.send(request, self._client.timeout)
                 if done():
-                    self._take_ready(stream)
+                    core.take_ready(stream.poll)
                     if done():
                         return
                 response = await stream.recv(self._client.timeout)
                 if response is None:
                     if core.half_closed:
                         return
-                    raise UnavailableError(
-                        "the server ended the stream unexpectedly", grpc.StatusCode.CANCELLED
-                    )
+                    raise ended_unexpectedly()
                 core.on_response(response)
                 failures = 0
             except RnnstreamError as exc:
                 await self._discard_stream()
-                if core.closing and not core.pending:
+                if core.on_stream_error(exc, failures, self._client.max_retries):
                     return
-                if not is_retryable(exc) or failures >= self._client.max_retries:
-                    core.after_error(exc)
-                    raise
                 failures += 1
                 await asyncio.sleep(backoff_delay(self._client.backoff, failures))
-
-    def _take_ready(self, stream: _AsyncStream) -> None:
-        while True:
-            response = stream.poll()
-            if response is None:
-                return
-            if response is _EOF:
-                raise UnavailableError(
-                    "the server ended the stream unexpectedly", grpc.StatusCode.CANCELLED
-                )
-            assert isinstance(response, pb.StreamResponse)
-            self._core.on_response(response)
 
     async def _discard_stream(self) -> None:
         if self._stream is not None:
@@ -307,7 +289,7 @@ class AsyncSession(SessionView):
             await stream.cancel()
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """A ``grpc.aio`` connection to an rnnstream server; ``async with`` closes its channel.
 
     Create it inside a running event loop. Same arguments as :class:`rnnstream.Client`.
@@ -329,12 +311,7 @@ class AsyncClient:
         max_retries: int = 5,
         backoff: float = 0.1,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
-        self.address = address
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
+        super().__init__(address, timeout, max_retries, backoff)
         opts = list(options or [])
         self._channel = (
             grpc.aio.secure_channel(address, credentials, options=opts)
@@ -342,8 +319,6 @@ class AsyncClient:
             else grpc.aio.insecure_channel(address, options=opts)
         )
         self._stub = pb_grpc.PredictorStub(self._channel)
-        self._models: dict[tuple[str, str], ModelInfo] = {}
-        self._default_model = ""
 
     async def _call(
         self, method: Callable[..., Awaitable[T]], request: object, retry: bool = True
@@ -353,23 +328,16 @@ class AsyncClient:
             try:
                 return await method(request, timeout=self.timeout)
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
-                if not retry or not isinstance(error, UnavailableError):
-                    raise error from err
-                if failures >= self.max_retries:
-                    raise error from err
+                delay = self._retry_delay(err, failures, retry)
                 failures += 1
-                await asyncio.sleep(backoff_delay(self.backoff, failures))
+                await asyncio.sleep(delay)
 
     async def models(self) -> list[ModelInfo]:
         """Every model version the server serves."""
         response: pb.ListModelsResponse = await self._call(
             self._stub.ListModels, pb.ListModelsRequest()
         )
-        infos = [ModelInfo.from_proto(m) for m in response.models]
-        self._default_model = response.default_model
-        self._models = {(m.name, m.version): m for m in infos}
-        return infos
+        return self._remember_models(response)
 
     async def default_model(self) -> str:
         """The model an empty ``model`` selects (from the last ``models()`` if any)."""
@@ -410,7 +378,7 @@ class AsyncClient:
         """Whole sequences from the initial state; see :meth:`Client.predict`."""
         if not self._models:
             await self.models()
-        n_features = find_n_features(self._models.values(), model or self._default_model, version)
+        n_features = self._cached_n_features(model, version)
         arr, batched = _codec.check_sequences(x, n_features)
         request = _codec.predict_request(arr, model, version, return_sequences)
         response: pb.PredictResponse = await self._call(self._stub.Predict, request)

@@ -26,12 +26,18 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rnnstream import _codec
-from rnnstream._session import END_OF_STREAM, HALF_CLOSE, SessionCore, SessionView, unwrap
+from rnnstream._session import (
+    END_OF_STREAM,
+    HALF_CLOSE,
+    SessionCore,
+    SessionView,
+    ended_unexpectedly,
+    unwrap,
+)
 from rnnstream.errors import (
     RnnstreamError,
     UnavailableError,
     from_rpc_error,
-    is_retryable,
 )
 from rnnstream.info import ModelInfo, SessionInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
@@ -276,15 +282,7 @@ class Session(SessionView):
         resuming = core.opened
         self._stream = stream = _Stream(self._client._stub)
         stream.send(core.open_request())
-        response = stream.recv(self._client.timeout)
-        if response is None:
-            raise UnavailableError("the server closed the stream before answering Open")
-        kind = response.WhichOneof("kind")
-        if kind == "ended":
-            raise core.on_ended(response.ended)
-        if kind != "opened":
-            raise RnnstreamError(f"expected Opened, got {kind}", grpc.StatusCode.INTERNAL)
-        if core.on_opened(response.opened):
+        if core.on_open_answer(stream.recv(self._client.timeout)):
             core.resolve_end(self._client.get_session(core.id).sequence_steps)
         if resuming:
             self.reconnects += 1
@@ -302,40 +300,22 @@ class Session(SessionView):
                 for request in core.sendable():
                     stream.send(request)
                 if done():
-                    self._take_ready(stream)  # surface what already arrived (an error?)
+                    core.take_ready(stream.poll)  # surface what already arrived (an error?)
                     if done():
                         return
                 response = stream.recv(self._client.timeout)
                 if response is None:
                     if core.half_closed:
                         return  # the server finished after our half-close
-                    raise UnavailableError(
-                        "the server ended the stream unexpectedly", grpc.StatusCode.CANCELLED
-                    )
+                    raise ended_unexpectedly()
                 core.on_response(response)
                 failures = 0
             except RnnstreamError as exc:
                 self._discard_stream()
-                if core.closing and not core.pending:
-                    return  # nothing left to flush: the session is resumable as it is
-                if not is_retryable(exc) or failures >= self._client.max_retries:
-                    core.after_error(exc)
-                    raise
+                if core.on_stream_error(exc, failures, self._client.max_retries):
+                    return
                 failures += 1
                 time.sleep(backoff_delay(self._client.backoff, failures))
-
-    def _take_ready(self, stream: _Stream) -> None:
-        """Process answers that already arrived, so that errors surface now."""
-        while True:
-            response = stream.poll()
-            if response is None:
-                return
-            if response is _EOF:
-                raise UnavailableError(
-                    "the server ended the stream unexpectedly", grpc.StatusCode.CANCELLED
-                )
-            assert isinstance(response, pb.StreamResponse)
-            self._core.on_response(response)
 
     def _discard_stream(self) -> None:
         if self._stream is not None:
@@ -343,7 +323,46 @@ class Session(SessionView):
             stream.cancel()
 
 
-class Client:
+class ClientBase:
+    """What ``Client`` and ``AsyncClient`` share without I/O.
+
+    Their settings, the retry rule of unary calls and the cached model list.
+    """
+
+    def __init__(self, address: str, timeout: float | None, max_retries: int, backoff: float):
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        self.address = address
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self._models: dict[tuple[str, str], ModelInfo] = {}
+        self._default_model = ""
+
+    def _retry_delay(self, err: grpc.RpcError, failures: int, retry: bool) -> float:
+        """Seconds to wait before retrying a unary call that failed after ``failures`` retries.
+
+        Raises the SDK error instead when it is not retried: not UNAVAILABLE, ``retry``
+        off, or retries spent.
+        """
+        error = from_rpc_error(err)
+        if not retry or not isinstance(error, UnavailableError) or failures >= self.max_retries:
+            raise error from err
+        return backoff_delay(self.backoff, failures + 1)
+
+    def _remember_models(self, response: pb.ListModelsResponse) -> list[ModelInfo]:
+        """Cache a ListModels answer; its models."""
+        infos = [ModelInfo.from_proto(m) for m in response.models]
+        self._default_model = response.default_model
+        self._models = {(m.name, m.version): m for m in infos}
+        return infos
+
+    def _cached_n_features(self, model: str, version: str) -> int | None:
+        """The model's width if the cached model list pins it down, for client-side checks."""
+        return find_n_features(self._models.values(), model or self._default_model, version)
+
+
+class Client(ClientBase):
     """A connection to an rnnstream server; a context manager that closes its channel.
 
     ``timeout`` bounds each unary call and each wait for an answer on a stream.
@@ -368,12 +387,7 @@ class Client:
         max_retries: int = 5,
         backoff: float = 0.1,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
-        self.address = address
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
+        super().__init__(address, timeout, max_retries, backoff)
         opts = list(options or [])
         self._channel = (
             grpc.secure_channel(address, credentials, options=opts)
@@ -381,8 +395,6 @@ class Client:
             else grpc.insecure_channel(address, options=opts)
         )
         self._stub = pb_grpc.PredictorStub(self._channel)
-        self._models: dict[tuple[str, str], ModelInfo] = {}
-        self._default_model = ""
 
     def _call(self, method: Callable[..., T], request: object, retry: bool = True) -> T:
         """A unary call with the SDK's error mapping and retries on UNAVAILABLE."""
@@ -391,21 +403,14 @@ class Client:
             try:
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
-                if not retry or not isinstance(error, UnavailableError):
-                    raise error from err
-                if failures >= self.max_retries:
-                    raise error from err
+                delay = self._retry_delay(err, failures, retry)
                 failures += 1
-                time.sleep(backoff_delay(self.backoff, failures))
+                time.sleep(delay)
 
     def models(self) -> list[ModelInfo]:
         """Every model version the server serves."""
         response: pb.ListModelsResponse = self._call(self._stub.ListModels, pb.ListModelsRequest())
-        infos = [ModelInfo.from_proto(m) for m in response.models]
-        self._default_model = response.default_model
-        self._models = {(m.name, m.version): m for m in infos}
-        return infos
+        return self._remember_models(response)
 
     def default_model(self) -> str:
         """The model an empty ``model`` selects (from the last ``models()`` if any)."""
@@ -417,7 +422,7 @@ class Client:
         """The model's width if the (cached) model list pins it down, for client-side checks."""
         if not self._models:
             self.models()
-        return find_n_features(self._models.values(), model or self._default_model, version)
+        return self._cached_n_features(model, version)
 
     def session(
         self,
