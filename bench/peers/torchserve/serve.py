@@ -15,26 +15,18 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.peers import _process
+
 HERE = Path(__file__).resolve().parent
 PEER = HERE.parent.parent / ".peers" / "torchserve"
 BIN = PEER / "venv" / "bin"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def archive(models: Path, model: str, store: Path) -> None:
@@ -71,21 +63,18 @@ def wait_ready(
     management: int, model: str, process: subprocess.Popen[bytes], timeout_s: float
 ) -> None:
     """Poll GET /models/<model> until a worker is READY; bounded."""
-    deadline = time.monotonic() + timeout_s
     url = f"http://127.0.0.1:{management}/models/{model}"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"torchserve exited with {process.returncode}")
+
+    def probe() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 status = json.loads(response.read())
-            workers = status[0].get("workers", []) if status else []
-            if any(w.get("status") == "READY" for w in workers):
-                return
         except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"torchserve not ready after {timeout_s:g}s")
+            return False
+        workers = status[0].get("workers", []) if status else []
+        return any(w.get("status") == "READY" for w in workers)
+
+    _process.wait_ready("torchserve", process, probe, timeout_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"no torchserve in {BIN}: run bash bench/peers/torchserve/setup.sh")
     store = PEER / "store"
     archive(args.models, args.model, store)
-    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc", "grpcm")}
+    ports = {
+        name: _process.free_port()
+        for name in ("inference", "management", "metrics", "grpc", "grpcm")
+    }
     config = PEER / "config.properties"
     config.write_text(
         "\n".join(
@@ -138,31 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(" ".join(command), file=sys.stderr, flush=True)
     process = subprocess.Popen(command, env=env, cwd=PEER, stdin=subprocess.DEVNULL)
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
-        wait_ready(ports["management"], args.model, process, args.timeout)
-        print(
-            f"serving torchserve on 127.0.0.1:{ports['grpc']} (pid {process.pid})",
-            file=sys.stderr,
-            flush=True,
+        return _process.run_until_signal(
+            "torchserve",
+            process,
+            f"127.0.0.1:{ports['grpc']}",
+            lambda: wait_ready(ports["management"], args.model, process, args.timeout),
         )
-        while not stopping and process.poll() is None:
-            time.sleep(0.2)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
         subprocess.run(
             [str(BIN / "torchserve"), "--stop"],
             env=env,
@@ -171,7 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=30,
             capture_output=True,
         )
-    return 0 if stopping else 1
 
 
 if __name__ == "__main__":
