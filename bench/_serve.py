@@ -16,7 +16,19 @@ from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 
 class MinimalPredictor(pb_grpc.PredictorServicer):
-    """A Predictor whose unary session/predict RPCs are UNIMPLEMENTED (benchmarks stream)."""
+    """A Predictor of one model that only streams.
+
+    The subclass sets ``info``; ListModels answers with it, and the unary session and
+    predict RPCs are UNIMPLEMENTED.
+    """
+
+    info: pb.ModelInfo
+
+    async def ListModels(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListModelsResponse:
+        """The one model."""
+        return pb.ListModelsResponse(models=[self.info], default_model=self.info.name)
 
     async def Predict(  # noqa: N802 (gRPC method name)
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]

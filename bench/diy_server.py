@@ -15,7 +15,6 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -58,12 +57,6 @@ class DiyServicer(_serve.MinimalPredictor):
             provider="CPUExecutionProvider",
         )
         self.states: dict[str, np.ndarray] = {}
-
-    async def ListModels(  # noqa: N802 (gRPC method name)
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListModelsResponse:
-        """The one model."""
-        return pb.ListModelsResponse(models=[self.info], default_model=self.info.name)
 
     async def Stream(  # type: ignore[override]  # noqa: N802
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
 
 import grpc
 
@@ -51,12 +50,6 @@ class EchoServicer(_serve.MinimalPredictor):
             self._replies[n_steps] = reply
         reply.outputs.start = start
         return reply
-
-    async def ListModels(  # noqa: N802 (gRPC method name)
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListModelsResponse:
-        """The one pretend model."""
-        return pb.ListModelsResponse(models=[self.info], default_model=self.info.name)
 
     async def Stream(  # type: ignore[override]  # noqa: N802
         self,
