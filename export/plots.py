@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from export.data import Series, Split
 from export.model import SequenceModel
@@ -39,9 +40,7 @@ def plot_losses(history: History, title: str, path: Path) -> Path:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_predictions(
@@ -62,9 +61,7 @@ def plot_predictions(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_hidden(
@@ -92,6 +89,11 @@ def plot_hidden(
     bottom.set_ylabel("hidden unit")
     bottom.set_xlabel("test step")
     fig.colorbar(image, ax=[top, bottom], label="h_t", shrink=0.8)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write the figure to ``path`` and free it."""
     fig.savefig(path)
     plt.close(fig)
     return path
