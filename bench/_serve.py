@@ -14,6 +14,8 @@ import grpc
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
 
 class MinimalPredictor(pb_grpc.PredictorServicer):
     """A Predictor of one model that only streams.
@@ -29,6 +31,19 @@ class MinimalPredictor(pb_grpc.PredictorServicer):
     ) -> pb.ListModelsResponse:
         """The one model."""
         return pb.ListModelsResponse(models=[self.info], default_model=self.info.name)
+
+    @staticmethod
+    async def read_open(
+        context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
+    ) -> pb.Open | None:
+        """A stream's first message, which must be Open (None: the client left at once)."""
+        first = await context.read()
+        if first is _EOF:
+            return None
+        assert isinstance(first, pb.StreamRequest)
+        if first.WhichOneof("kind") != "open":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "send Open first")
+        return first.open
 
     async def Predict(  # noqa: N802 (gRPC method name)
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]

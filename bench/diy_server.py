@@ -64,13 +64,10 @@ class DiyServicer(_serve.MinimalPredictor):
         context: grpc.aio.ServicerContext[pb.StreamRequest, pb.StreamResponse],
     ) -> None:
         """Open -> Opened; Steps -> run every step now; End -> Final."""
-        first = await context.read()
-        if first is _EOF:
+        open_ = await self.read_open(context)
+        if open_ is None:
             return
-        assert isinstance(first, pb.StreamRequest)
-        if first.WhichOneof("kind") != "open":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "send Open first")
-        session_id = first.open.session_id or secrets.token_urlsafe(18)
+        session_id = open_.session_id or secrets.token_urlsafe(18)
         state = self.states.setdefault(session_id, np.zeros((1, self.state_size), dtype=np.float32))
         await context.write(
             pb.StreamResponse(
@@ -113,7 +110,7 @@ class DiyServicer(_serve.MinimalPredictor):
                 else:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind}")
         finally:
-            if not first.open.session_id:
+            if not open_.session_id:
                 self.states.pop(session_id, None)
 
 

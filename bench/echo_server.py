@@ -58,12 +58,8 @@ class EchoServicer(_serve.MinimalPredictor):
     ) -> None:
         """Open -> Opened, Steps -> zeros, End -> Final; no state but a step counter."""
         steps = 0
-        first = await context.read()
-        if first is _EOF:
+        if await self.read_open(context) is None:
             return
-        assert isinstance(first, pb.StreamRequest)
-        if first.WhichOneof("kind") != "open":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "send Open first")
         await context.write(
             pb.StreamResponse(
                 opened=pb.Opened(
