@@ -42,7 +42,7 @@ USER 10001
 WORKDIR /app
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "rnnstream.server.healthcheck"]
 ENTRYPOINT ["rnnstream"]
 CMD ["serve"]
 
@@ -58,6 +58,6 @@ USER 10001
 WORKDIR /app
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "rnnstream.server.healthcheck"]
 ENTRYPOINT ["rnnstream"]
 CMD ["serve"]

@@ -18,15 +18,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Editable installs put the checkout on sys.path (compat mode) rather than an import hook: a
+# hook answers only after every sys.path entry, so a folder named rnnstream in the working
+# directory (a clone, run from its parent) would shadow the SDK as a namespace package.
+EDITABLE := --config-settings editable_mode=compat -e
+
 # Serving install: the SDK plus the server runtime; torch stays out.
 $(VENV)/.installed-$(SERVER_EXTRA): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[$(SERVER_EXTRA)]'
+	$(BIN)/python -m pip install --quiet $(EDITABLE) '.[$(SERVER_EXTRA)]'
 	touch $@
 
 # Everything: torch pinned first so pip takes the local CPU build, then the extras.
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet '$(TORCH_PIN)'
-	$(BIN)/python -m pip install --quiet -e '.[server,train,dev]'
+	$(BIN)/python -m pip install --quiet $(EDITABLE) '.[server,train,dev]'
 	touch $@
 
 serve: $(VENV)/.installed-$(SERVER_EXTRA)
@@ -37,7 +42,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed-dev
-	$(BIN)/mypy rnnstream service export tests bench
+	$(BIN)/mypy rnnstream tests bench
 
 pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(ARGS)

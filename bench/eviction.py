@@ -18,9 +18,9 @@ import gc
 import time
 from collections.abc import Sequence
 
-from service.repository import ModelRepository
-from service.sessions import EndReason, SessionManager
-from service.settings import Settings, bundled_models_dir
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.sessions import EndReason, SessionManager
+from rnnstream.server.settings import Settings, bundled_models_dir
 
 FULL, OTHER = "seattle-temp", "msft-vol"  # the two bundled models
 

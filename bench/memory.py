@@ -43,9 +43,9 @@ def rss_bytes() -> int:
 async def _measure(models: Path, model: str, count: int, max_batch: int) -> dict[str, Any]:
     import numpy as np
 
-    from service.repository import ModelRepository
-    from service.sessions import SessionManager
-    from service.settings import Settings
+    from rnnstream.server.repository import ModelRepository
+    from rnnstream.server.sessions import SessionManager
+    from rnnstream.server.settings import Settings
 
     settings = Settings.from_env(
         {},

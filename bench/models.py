@@ -52,8 +52,8 @@ def build(root: Path = CACHE, model: BenchModel = DEFAULT, force: bool = False) 
         return root
     import torch
 
-    from export.model import ModelConfig, SequenceModel
-    from export.onnx import write_artifact
+    from rnnstream.export.model import ModelConfig, SequenceModel
+    from rnnstream.export.onnx import write_artifact
     from rnnstream.manifest import Manifest
 
     torch.manual_seed(model.seed)

@@ -214,10 +214,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
 
-        from export import pipeline
-        from export.data import DataError, defaults_for
-        from export.onnx import ParityError
-        from export.train import TrainConfig
+        from rnnstream.export import pipeline
+        from rnnstream.export.data import DataError, defaults_for
+        from rnnstream.export.onnx import ParityError
+        from rnnstream.export.train import TrainConfig
     except ImportError:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from export.data import Stats
+from rnnstream.export.data import Stats
 
 CELL_TYPES: dict[str, type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]] = {
     "rnn": nn.RNN,  # Elman, nonlinearity tanh

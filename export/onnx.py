@@ -30,7 +30,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from export.model import SequenceModel
+from rnnstream.export.model import SequenceModel
 from rnnstream.manifest import (
     INPUT_STATE,
     INPUT_X,

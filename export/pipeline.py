@@ -9,10 +9,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from export import data as datasets
-from export.model import ModelConfig, SequenceModel
-from export.onnx import Parity, write_artifact
-from export.train import Predictions, TrainConfig, predict, score, train
+from rnnstream.export import data as datasets
+from rnnstream.export.model import ModelConfig, SequenceModel
+from rnnstream.export.onnx import Parity, write_artifact
+from rnnstream.export.train import Predictions, TrainConfig, predict, score, train
 from rnnstream.manifest import Manifest
 
 VERIFY_REAL_STEPS = 200
@@ -154,7 +154,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     )
     plots = []
     if spec.plots is not None:
-        from export.plots import plot_all
+        from rnnstream.export.plots import plot_all
 
         plots = plot_all(model, series, split, result.history, test_pred, spec.plots, name)
     seconds = time.perf_counter() - started

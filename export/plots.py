@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from export.data import Series, Split
-from export.model import SequenceModel
-from export.train import History, Predictions
+from rnnstream.export.data import Series, Split
+from rnnstream.export.model import SequenceModel
+from rnnstream.export.train import History, Predictions
 
 STRETCH = 240  # test steps shown in the prediction and hidden-state plots
 

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from export.data import Series, Split, Stats, fit_stats, sequence_windows
-from export.model import ModelConfig, SequenceModel
+from rnnstream.export.data import Series, Split, Stats, fit_stats, sequence_windows
+from rnnstream.export.model import ModelConfig, SequenceModel
 
 
 @dataclass

@@ -1,26 +1,26 @@
 """The ``rnnstream`` console script: one command, one subcommand per job.
 
-Each subcommand lives beside the code it drives (``service.cli`` serves, ``export.cli``
-trains, ``rnnstream.cli_client`` streams and lists models, ``rnnstream.cli_bench`` loads a
-server) and registers itself through
-``add_parser``. Those modules import nothing heavy at import time, so ``--help`` is fast
-and a serving install without torch can still show every subcommand.
+Each subcommand lives beside the code it drives (``rnnstream.server.cli`` serves,
+``rnnstream.export.cli`` trains, ``rnnstream.cli_client`` streams and lists models,
+``rnnstream.cli_bench`` loads a server) and registers itself through ``add_parser``. They are
+imported directly, by their names under ``rnnstream``: a user's own ``service.py`` or
+``export.py`` next to where the command runs can never stand in for them. Those modules
+import nothing heavy at import time, so ``--help`` is fast and a serving install without
+torch can still show every subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-# subcommand module -> each exposes add_parser(subparsers) that sets `func` on its parser.
-SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "service.cli",
-    "export.cli",
-    "rnnstream.cli_client",
-    "rnnstream.cli_bench",
-)
+from rnnstream import cli_bench, cli_client
+from rnnstream.export import cli as train_cli
+from rnnstream.server import cli as serve_cli
+
+# Each exposes add_parser(subparsers), which sets `func` on its parser.
+SUBCOMMANDS = (serve_cli, train_cli, cli_client, cli_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # a package left out of this install
-            continue
+    for module in SUBCOMMANDS:
         module.add_parser(subparsers)
     return parser
 

@@ -24,7 +24,7 @@ Health: grpc.health.v1 (service "" and "rnnstream.v1.Predictor"); reflection is 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``serve``."""
-    from service.settings import ENV_PREFIX, Settings
+    from rnnstream.server.settings import ENV_PREFIX, Settings
 
     parser = subparsers.add_parser(
         "serve",
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from service import logs
-    from service.repository import ModelLoadError
-    from service.server import serve_until_signal
-    from service.settings import Settings
+    from rnnstream.server import logs
+    from rnnstream.server.repository import ModelLoadError
+    from rnnstream.server.server import serve_until_signal
+    from rnnstream.server.settings import Settings
 
     fields = {f.name for f in dataclasses.fields(Settings)}
     try:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnstream.manifest import Manifest
+from rnnstream.server.errors import InvalidArgument, ResourceExhausted
+from rnnstream.server.graph import StepGraph
+from rnnstream.server.sessions import EndReason
 from rnnstream.v1 import rnnstream_pb2 as pb
-from service.errors import InvalidArgument, ResourceExhausted
-from service.graph import StepGraph
-from service.sessions import EndReason
 
 # Below this many values, element-wise conversion beats numpy's generic sequence path.
 SMALL = 48

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.graph import StepGraph
-from service.state_table import StateTable
+from rnnstream.server.graph import StepGraph
+from rnnstream.server.state_table import StateTable
 
 log = logging.getLogger(__name__)
 

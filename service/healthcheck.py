@@ -1,6 +1,6 @@
 """Exit 0 when the local server answers SERVING on grpc.health.v1 (the Docker HEALTHCHECK).
 
-``python -m service.healthcheck [--address HOST:PORT] [--timeout S]``; the address
+``python -m rnnstream.server.healthcheck [--address HOST:PORT] [--timeout S]``; the address
 defaults to ``127.0.0.1:$RNNSTREAM_PORT`` (50051).
 """
 

@@ -10,7 +10,7 @@ import asyncio
 
 import numpy as np
 
-from service.repository import LoadedModel
+from rnnstream.server.repository import LoadedModel
 
 
 async def predict(model: LoadedModel, x: np.ndarray, return_sequences: bool) -> np.ndarray:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from rnnstream.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
-from service.engine import Engine
-from service.errors import NotFound
-from service.graph import GraphMismatch, StepGraph, check_graph
-from service.settings import Settings
-from service.state_table import StateTable
+from rnnstream.server.engine import Engine
+from rnnstream.server.errors import NotFound
+from rnnstream.server.graph import GraphMismatch, StepGraph, check_graph
+from rnnstream.server.settings import Settings
+from rnnstream.server.state_table import StateTable
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rnnstream.server import codec, snapshot
+from rnnstream.server.metrics import Metrics
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.servicer import PredictorServicer
+from rnnstream.server.sessions import SessionManager
+from rnnstream.server.settings import Settings
 from rnnstream.v1 import rnnstream_pb2 as pb
-from service import codec, snapshot
-from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.servicer import PredictorServicer
-from service.sessions import SessionManager
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

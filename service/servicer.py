@@ -17,15 +17,15 @@ from typing import Any, TypeVar
 
 import grpc
 
+from rnnstream.server import codec
+from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from rnnstream.server.metrics import Metrics
+from rnnstream.server.predict import predict
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
+from rnnstream.server.settings import Settings
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service import codec
-from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
-from service.metrics import Metrics
-from service.predict import predict
-from service.repository import ModelRepository
-from service.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

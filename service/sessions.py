@@ -26,18 +26,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine import StepResult
-from service.errors import (
+from rnnstream.server.engine import StepResult
+from rnnstream.server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
-from service.expiry import ExpiryQueue
-from service.repository import LoadedModel, ModelRepository
-from service.settings import Settings
-from service.snapshot import ModelSessions, SessionRecord
+from rnnstream.server.expiry import ExpiryQueue
+from rnnstream.server.repository import LoadedModel, ModelRepository
+from rnnstream.server.settings import Settings
+from rnnstream.server.snapshot import ModelSessions, SessionRecord
 
 log = logging.getLogger(__name__)
 

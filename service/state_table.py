@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.errors import ResourceExhausted
+from rnnstream.server.errors import ResourceExhausted
 
 
 class StateTable:

@@ -42,8 +42,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_models: Path) -> Iterator[object]:
     """A real rnnstream server on 127.0.0.1 and a free port, serving the tiny models."""
-    from service.server import BackgroundServer
-    from service.settings import Settings
+    from rnnstream.server.server import BackgroundServer
+    from rnnstream.server.settings import Settings
 
     settings = Settings.from_env(
         {},

@@ -59,7 +59,7 @@ def test_runtime_stage_is_non_root_with_healthcheck_and_no_torch():
     runtime = stage("runtime")
     assert instruction(runtime, "USER") == ["10001"]
     assert instruction(runtime, "EXPOSE") == ["50051"]
-    assert any("service.healthcheck" in h for h in instruction(runtime, "HEALTHCHECK"))
+    assert any("rnnstream.server.healthcheck" in h for h in instruction(runtime, "HEALTHCHECK"))
     build = stage("build")
     assert "EXTRA=server" in instruction(build, "ARG")
     assert not any("torch" in line or "[train]" in line for line in build + runtime)

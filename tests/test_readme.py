@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from service.settings import ENV_PREFIX, Settings
+from rnnstream.server.settings import ENV_PREFIX, Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

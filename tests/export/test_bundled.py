@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import data
+from rnnstream.export import data
 from rnnstream.manifest import Manifest, sha256_file
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from export import cli as train_cli
 from rnnstream.cli import main
+from rnnstream.export import cli as train_cli
 from rnnstream.manifest import Manifest, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,7 +181,7 @@ def test_without_torch_it_says_which_extra_to_install(monkeypatch, capsys):
 
 def test_cli_module_imports_nothing_heavy():
     heavy = "('torch', 'onnx', 'pandas', 'matplotlib')"
-    code = f"import sys, export.cli; print(any(m in sys.modules for m in {heavy}))"
+    code = f"import sys, rnnstream.export.cli; print(any(m in sys.modules for m in {heavy}))"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import data
+from rnnstream.export import data
 
 
 def test_seattle_has_the_documented_rows_and_next_hour_targets():

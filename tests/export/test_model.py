@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.data import Stats
-from export.model import ModelConfig, SequenceModel
+from rnnstream.export.data import Stats
+from rnnstream.export.model import ModelConfig, SequenceModel
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import onnx
 import pytest
 import torch
 
-from export.model import ModelConfig, SequenceModel
-from export.onnx import (
+from rnnstream.export.model import ModelConfig, SequenceModel
+from rnnstream.export.onnx import (
     TOLERANCE,
     ParityError,
     SequenceGraph,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from export.model import ModelConfig, SequenceModel
-from export.onnx import ParityError, write_artifact
+from rnnstream.export.model import ModelConfig, SequenceModel
+from rnnstream.export.onnx import ParityError, write_artifact
 from rnnstream.manifest import Manifest, sha256_file
 
 
@@ -93,7 +93,7 @@ def test_a_good_model_is_written_with_its_hash(tmp_path: Path):
 
 
 def test_a_nan_comparison_never_passes():
-    from export.onnx import Parity
+    from rnnstream.export.onnx import Parity
 
     assert Parity(1e-7, float("nan"), 1, 1).worst == float("inf")
     assert Parity(float("nan"), 0.0, 1, 1).worst == float("inf")

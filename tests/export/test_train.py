@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export import train as training
-from export.data import Series, Split, load_msft_vol, load_synthetic, time_split
-from export.model import ModelConfig
-from export.train import TrainConfig, predict, score, train
+from rnnstream.export import train as training
+from rnnstream.export.data import Series, Split, load_msft_vol, load_synthetic, time_split
+from rnnstream.export.model import ModelConfig
+from rnnstream.export.train import TrainConfig, predict, score, train
 
 
 @pytest.fixture(scope="module")

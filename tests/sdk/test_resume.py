@@ -206,8 +206,8 @@ def test_unreachable_server_gives_up_after_retries():
 
 
 def test_draining_is_retried_then_unavailable(tiny_models):
-    from service.server import BackgroundServer
-    from service.settings import Settings
+    from rnnstream.server.server import BackgroundServer
+    from rnnstream.server.settings import Settings
 
     settings = Settings.from_env(
         {}, models=tiny_models, host="127.0.0.1", port=0, grace_s=0.2, state_dir=""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rnnstream.server import codec
 from rnnstream.v1 import rnnstream_pb2 as pb
-from service import codec
 
 
 @pytest.mark.parametrize("n", [0, 1, 47, 48, 49, 3000])

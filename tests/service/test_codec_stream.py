@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rnnstream.server import codec
 from rnnstream.v1 import rnnstream_pb2 as pb
-from service import codec
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
+from rnnstream.server.server import BackgroundServer
+from rnnstream.server.settings import Settings
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service.server import BackgroundServer
-from service.settings import Settings
 from tests.conftest import TINY
 from tests.service.duplex import Duplex, outputs_y
 from tests.service.processes import start_process, stop_process

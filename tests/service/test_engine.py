@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rnnstream.manifest import Manifest
-from service.engine import Engine, EngineClosed
-from service.graph import StepGraph
-from service.state_table import StateTable
+from rnnstream.server.engine import Engine, EngineClosed
+from rnnstream.server.graph import StepGraph
+from rnnstream.server.state_table import StateTable
 from tests.conftest import TINY
 
 
@@ -77,7 +77,7 @@ def test_state_table_free_list():
     a, b = table.allocate(), table.allocate()
     assert (a, b) == (0, 1) and table.free == 0
     np.testing.assert_array_equal(table.rows[a], [1.0, 2.0, 3.0])
-    from service.errors import ResourceExhausted
+    from rnnstream.server.errors import ResourceExhausted
 
     with pytest.raises(ResourceExhausted, match="all 2 session rows"):
         table.allocate()

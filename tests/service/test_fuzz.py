@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rnnstream.manifest import Manifest
+from rnnstream.server import codec
+from rnnstream.server.errors import InvalidArgument, ResourceExhausted
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service import codec
-from service.errors import InvalidArgument, ResourceExhausted
 from tests.conftest import TINY
 from tests.service.duplex import Duplex, outputs_y
 

@@ -11,15 +11,15 @@ from typing import cast
 import grpc
 import numpy as np
 
+from rnnstream.server import logs
+from rnnstream.server.sessions import SessionManager
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from service import logs
-from service.sessions import SessionManager
 
 
 def test_json_logs_carry_the_session_id(tiny_models):
-    from service.repository import ModelRepository
-    from service.settings import Settings
+    from rnnstream.server.repository import ModelRepository
+    from rnnstream.server.settings import Settings
 
     stream = io.StringIO()
     logs.configure("DEBUG", "json")

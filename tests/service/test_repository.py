@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rnnstream.manifest import Manifest, ManifestError
-from service.errors import NotFound
-from service.repository import ModelLoadError, ModelRepository
-from service.settings import Settings
+from rnnstream.server.errors import NotFound
+from rnnstream.server.repository import ModelLoadError, ModelRepository
+from rnnstream.server.settings import Settings
 from tests.conftest import TINY
 
 

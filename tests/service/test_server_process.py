@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_serving_path_never_imports_torch():
     code = (
-        "import service.server, service.cli, rnnstream.cli, sys; assert 'torch' not in sys.modules"
+        "import rnnstream.server.server, rnnstream.server.cli, rnnstream.cli, sys; "
+        "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 

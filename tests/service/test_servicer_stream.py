@@ -8,12 +8,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from rnnstream.server.metrics import Metrics
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.servicer import PredictorServicer
+from rnnstream.server.sessions import SessionManager
+from rnnstream.server.settings import Settings
 from rnnstream.v1 import rnnstream_pb2 as pb
-from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.servicer import PredictorServicer
-from service.sessions import SessionManager
-from service.settings import Settings
 
 _EOF = object()
 

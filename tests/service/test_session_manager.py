@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import ResourceExhausted, Unavailable
-from service.repository import ModelRepository
-from service.sessions import EndReason, SessionManager, StreamHandle
-from service.settings import Settings
+from rnnstream.server.errors import ResourceExhausted, Unavailable
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.sessions import EndReason, SessionManager, StreamHandle
+from rnnstream.server.settings import Settings
 
 
 class Clock:

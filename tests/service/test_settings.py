@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, bundled_models_dir, default_state_dir
+from rnnstream.server.settings import Settings, bundled_models_dir, default_state_dir
 
 
 def test_defaults_follow_the_architecture():
