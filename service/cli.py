@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnstream.server.repository import ModelLoadError
     from rnnstream.server.server import serve_until_signal
     from rnnstream.server.settings import Settings
+    from rnnstream.server.supervisor import Supervisor, worker_count
 
     fields = {f.name for f in dataclasses.fields(Settings)}
     try:
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rnnstream serve: {exc}")
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, settings.worker)
+    if worker_count(settings.workers) > 1:
+        return Supervisor(settings).run()
     try:
         return asyncio.run(serve_until_signal(settings))
     except (ModelLoadError, OSError) as exc:

@@ -26,13 +26,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def configure(level: str, fmt: str) -> None:
-    """Send the server's logs to stderr at ``level`` in ``fmt`` (text or json)."""
+class _WorkerField(logging.Filter):
+    """Adds ``worker`` (the worker's number under a supervisor) to every record."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag the record; never drops it."""
+        record.worker = self.worker
+        return True
+
+
+def configure(level: str, fmt: str, worker: int = 0) -> None:
+    """Send the server's logs to stderr at ``level`` in ``fmt`` (text or json).
+
+    A worker of a supervisor (``worker`` > 0) tags its lines: ``[worker 2]`` in text, a
+    ``worker`` field in JSON, so the interleaved logs of several workers can be told apart.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tag = f" [worker {worker}]" if worker else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s")
+        )
+    if worker:
+        handler.addFilter(_WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -185,7 +185,8 @@ async def start(settings: Settings) -> RunningServer:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # grpc Python reuses ports by default: a second server would silently share it.
-            ("grpc.so_reuseport", 0),
+            # Workers of one supervisor share it on purpose (SO_REUSEPORT).
+            ("grpc.so_reuseport", 1 if settings.worker else 0),
         ]
     )
     add_predictor(PredictorServicer(repository, sessions, settings, metrics), server)
@@ -214,7 +215,8 @@ async def start(settings: Settings) -> RunningServer:
     if settings.snapshot_interval_s > 0:
         tasks.append(asyncio.create_task(_snapshot_periodically(sessions, settings)))
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port, settings.host)
+        # A worker's own metrics are the supervisor's to gather: loopback only.
+        metrics.serve(settings.metrics_port, "127.0.0.1" if settings.worker else settings.host)
     running = RunningServer(
         server, port, repository, sessions, health_servicer, settings, metrics, tasks
     )

@@ -109,6 +109,20 @@ class Settings:
             "take to finish a reply its client is slow to read; then it is cut off"
         },
     )
+    workers: str = field(
+        default="1",
+        metadata={
+            "help": "worker processes serving the port together (auto: one per core); "
+            "a supervisor restarts any that dies and drains them all on SIGTERM"
+        },
+    )
+    worker: int = field(
+        default=0,
+        metadata={
+            "help": "set by the supervisor: this process is worker N of --workers and "
+            "shares the port with the others (SO_REUSEPORT); 0: a server of its own"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
 
@@ -127,6 +141,10 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if self.workers != "auto" and not (self.workers.isdigit() and int(self.workers) >= 1):
+            problems.append(f"workers is {self.workers!r}: use a positive number or auto")
+        if self.worker < 0:
+            problems.append("worker must be 0 (a server of its own) or a worker's number")
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is outside 0..65535")
         if not 0 < self.idle_ttl_s <= self.max_idle_ttl_s:
