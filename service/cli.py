@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rnnstream.server import logs
     from rnnstream.server.repository import ModelLoadError
-    from rnnstream.server.server import serve_until_signal
+    from rnnstream.server.server import Server
     from rnnstream.server.settings import Settings
 
     fields = {f.name for f in dataclasses.fields(Settings)}
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(serve_until_signal(settings))
+        return asyncio.run(Server(settings).serve())
     except (ModelLoadError, OSError) as exc:
         logging.getLogger("rnnstream").error("%s", exc)
         return 1
