@@ -318,6 +318,10 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # grpc Python reuses ports by default: a second server would silently share it.
         ("grpc.so_reuseport", 0),
+        # Calls no handler has picked up yet pile up when every client reconnects at once;
+        # between the two limits grpc refuses new ones at random, more of them the fuller.
+        ("grpc.server.max_pending_requests", settings.max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_requests),
     ]
 
 

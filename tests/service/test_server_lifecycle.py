@@ -20,7 +20,7 @@ import pytest
 
 from rnnstream.server.engine import EngineClosed
 from rnnstream.server.repository import ModelLoadError, ModelRepository
-from rnnstream.server.server import BackgroundServer, Server
+from rnnstream.server.server import BackgroundServer, Server, grpc_options
 from rnnstream.server.settings import Settings
 from tests.conftest import TINY, free_port
 
@@ -135,3 +135,11 @@ def test_background_server_stops_twice_and_its_thread_ends(tiny_models):
     background.stop()
     assert is_free(port)
     assert threads("rnnstream-server") <= loops_before
+
+
+def test_the_grpc_server_gets_the_pending_request_limits():
+    options = dict(grpc_options(Settings.from_env({}, max_pending_requests=300)))
+    assert options["grpc.server.max_pending_requests"] == 300
+    assert options["grpc.server.max_pending_requests_hard_limit"] == 600
+    with pytest.raises(ValueError, match="max_pending_requests must be at least 1"):
+        Settings.from_env({}, max_pending_requests=0)
