@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rnnstream.server import logs
     from rnnstream.server.repository import ModelLoadError
-    from rnnstream.server.server import serve_until_signal
+    from rnnstream.server.server import Server
     from rnnstream.server.settings import Settings
     from rnnstream.server.supervisor import Supervisor, worker_count
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if worker_count(settings.workers) > 1:
         return Supervisor(settings).run()
     try:
-        return asyncio.run(serve_until_signal(settings))
+        return asyncio.run(Server(settings).serve())
     except (ModelLoadError, OSError) as exc:
         logging.getLogger("rnnstream").error("%s", exc)
         return 1

@@ -1,12 +1,21 @@
-"""The gRPC server: wire the core together, serve, and drain gracefully.
+"""The rnnstream gRPC server: ``Server`` is the entry point.
 
-``start(settings)`` loads the model repository, starts a ``grpc.aio`` server with the
-Predictor service, ``grpc.health.v1`` and server reflection, and returns a
-``RunningServer`` that knows its port (``--port 0`` picks a free one). ``serve`` runs until
-SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new work is refused, live
-streams are told the server is draining, in-flight steps finish, and it returns 0.
-``BackgroundServer`` runs the same server on a thread of its own (tests, benchmarks,
-embedding).
+``Server(settings)`` is one server over one model repository. ``await server.start()`` loads
+the models and serves the Predictor service, ``grpc.health.v1`` and server reflection on
+``settings.host:settings.port``; ``port`` and ``address`` say where (``--port 0`` picks a free
+port). ``await server.stop()`` drains: health turns NOT_SERVING, new work is refused, live
+streams are told the server is draining, in-flight steps finish, the sessions are written to
+the state directory, and the metrics endpoint and the engines are closed. ``await
+server.serve()`` is ``rnnstream serve``: start, wait for SIGTERM or SIGINT, stop, exit 0.
+
+Each start step registers what undoes it, and stopping undoes the steps in reverse. A step
+that fails undoes the ones before it, so a server that cannot start (a port in use, a model
+that does not load) leaves no engine thread, listening port or endpoint behind and raises.
+A ``Server`` starts once (make a new one to serve again); ``stop`` may be called any number
+of times.
+
+``BackgroundServer`` runs a ``Server`` on a thread and event loop of its own (tests,
+benchmarks, embedding).
 """
 
 from __future__ import annotations
@@ -17,10 +26,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -40,20 +48,37 @@ log = logging.getLogger(__name__)
 PREDICTOR = pb.DESCRIPTOR.services_by_name["Predictor"]
 SERVICE_NAME = PREDICTOR.full_name
 REAPER_PERIOD_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_T = TypeVar("_T")
 
 
-@dataclass
-class RunningServer:
-    """A started server: its port and the parts behind it."""
+class Server:
+    """One rnnstream server over one model repository; see the module docstring.
 
-    server: grpc.aio.Server
-    port: int
-    repository: ModelRepository
-    sessions: SessionManager
-    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
-    settings: Settings
-    metrics: Metrics
-    _tasks: list[asyncio.Task[None]]
+    Example::
+
+        server = Server(Settings.from_env(port=0, host="127.0.0.1"))
+        await server.start()
+        client = rnnstream.Client(server.address)
+        ...
+        await server.stop()
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._state = "new"  # then "started", then "stopped"; never back
+        self._undo = contextlib.AsyncExitStack()
+        self._grace = settings.grace_s
+        self._port: int | None = None
+        self._repository: ModelRepository | None = None
+        self._sessions: SessionManager | None = None
+        self._metrics: Metrics | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the gRPC server listens on (the one picked when ``settings.port`` is 0)."""
+        return _started(self._port)
 
     @property
     def address(self) -> str:
@@ -63,22 +88,286 @@ class RunningServer:
             host = "127.0.0.1"
         return f"{host}:{self.port}"
 
+    @property
+    def repository(self) -> ModelRepository:
+        """The models served."""
+        return _started(self._repository)
+
+    @property
+    def sessions(self) -> SessionManager:
+        """Every session the server holds."""
+        return _started(self._sessions)
+
+    @property
+    def metrics(self) -> Metrics:
+        """The server's Prometheus metrics."""
+        return _started(self._metrics)
+
+    async def start(self) -> None:
+        """Load the models and start serving; returns once the port is bound.
+
+        On failure everything started so far is stopped again before the error is raised:
+        ``ModelLoadError`` when a model does not load, ``OSError`` when a port is taken.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"this server was {self._state}: a Server starts once")
+        self._state = "started"
+        try:
+            await self._start_steps()
+        except BaseException:
+            self._state = "stopped"
+            await self._undo.aclose()
+            raise
+
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new work, end live streams, finish in-flight, snapshot."""
-        grace = self.settings.grace_s if grace is None else grace
-        await self.health.enter_graceful_shutdown()
-        self.sessions.drain()
-        await self.server.stop(grace)
-        for task in self._tasks:
+        """Drain, then undo every start step in reverse; harmless when stopped or never started.
+
+        In-flight calls get ``grace`` seconds to finish (default ``settings.grace_s``).
+        """
+        if self._state != "started":
+            return
+        self._state = "stopped"
+        self._grace = self.settings.grace_s if grace is None else grace
+        await self._undo.aclose()
+        log.info("stopped")
+
+    async def serve(self) -> int:
+        """Start, serve until SIGTERM or SIGINT, then drain; the process exit code (0)."""
+        await self.start()
+        signalled = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, signalled.set)
+        try:
+            await signalled.wait()
+            log.info("signal received: draining (grace %.1fs)", self.settings.grace_s)
+        finally:
+            # The handlers stay through the drain: a second signal does not cut it short.
+            await self.stop()
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+        return 0
+
+    async def _start_steps(self) -> None:
+        """Each step, then what undoes it: ``stop`` and a failed start run those in reverse."""
+        settings = self.settings
+        repository = ModelRepository.load(settings)  # cleans up after itself when it fails
+        self._repository = repository
+        self._undo.push_async_callback(_off_loop, repository.close)
+
+        sessions = SessionManager(repository, settings)
+        self._sessions = sessions
+        restore_snapshot(sessions, settings)
+        metrics = Metrics(sessions)
+        self._metrics = metrics
+        for model in repository.models():
+            model.engine.on_batch = metrics.batch_size.observe
+        # Before the gRPC port, so that /metrics stays up while the server drains.
+        if settings.metrics_port:
+            serve_metrics(metrics, settings)
+            self._undo.callback(metrics.close)
+
+        server = grpc.aio.server(options=grpc_options(settings))
+        add_predictor(PredictorServicer(repository, sessions, settings, metrics), server)
+        health_servicer = add_health_and_reflection(server)
+        self._port = bind(server, settings)
+        # A bound grpc server frees its port only once started and stopped: nothing that can
+        # fail comes between the two.
+        await server.start()
+        tasks: list[asyncio.Task[None]] = []
+        self._undo.push_async_callback(self._drain, server, health_servicer, tasks)
+
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        tasks.append(asyncio.create_task(_reap(sessions), name="session-reaper"))
+        if settings.snapshot_interval_s > 0:
+            tasks.append(
+                asyncio.create_task(
+                    _snapshot_periodically(sessions, settings), name="periodic-snapshot"
+                )
+            )
+        log.info(
+            "serving %s on %s:%d (default model %s)",
+            ", ".join(m.key for m in repository.models()),
+            settings.host,
+            self._port,
+            repository.default_name,
+        )
+
+    async def _drain(
+        self, server: grpc.aio.Server, health_servicer: Any, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        """Undo serving: refuse new work, then write down every session.
+
+        Health turns NOT_SERVING, live streams end (DRAINING), in-flight calls get the grace to
+        finish, the background tasks stop, in-flight steps settle, and the snapshot is written.
+        """
+        sessions = self.sessions
+        await health_servicer.enter_graceful_shutdown()
+        sessions.drain()
+        await server.stop(self._grace)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.sessions.settle_all()
-        await save_snapshot(self.sessions, self.settings)
-        await asyncio.get_running_loop().run_in_executor(None, self.repository.close)
-        self.metrics.close()
-        log.info("stopped")
+        await sessions.settle_all()
+        await save_snapshot(sessions, self.settings)
+
+
+class BackgroundServer:
+    """A ``Server`` on a thread and event loop of its own; a context manager.
+
+    ``running`` is the ``Server`` from ``start()`` until ``stop()``. Like a ``Server``, it
+    starts once and may be stopped any number of times.
+
+    Example::
+
+        with BackgroundServer(Settings.from_env(port=0, host="127.0.0.1")) as server:
+            client = rnnstream.Client(server.address)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="rnnstream-server", daemon=True
+        )
+        self.running: Server | None = None
+
+    def start(self) -> BackgroundServer:
+        """Start the loop thread and the server on it; returns once serving."""
+        self._thread.start()
+        server = Server(self.settings)
+        try:
+            self._run(server.start(), timeout=120)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        self.running = server
+        return self
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        assert self.running is not None, "start() first"
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for clients."""
+        assert self.running is not None, "start() first"
+        return self.running.address
+
+    def call(self, func: Callable[[], _T]) -> _T:
+        """Run a plain callable on the server's loop thread and return its result."""
+
+        async def run() -> _T:
+            return func()
+
+        return self._run(run(), timeout=60)
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Drain and stop the server, then the loop thread."""
+        try:
+            if self.running is not None:
+                self._run(self.running.stop(grace), timeout=120)
+                self.running = None
+        finally:
+            self._shutdown_loop()
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        """Run ``coroutine`` on the loop thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=timeout)
+
+    def _shutdown_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _started(part: _T | None) -> _T:
+    """``part``, which exists once the server has started."""
+    if part is None:
+        raise RuntimeError("the server is not started: await start() first")
+    return part
+
+
+async def _off_loop(func: Callable[[], None]) -> None:
+    """Run a blocking call on a worker thread, so the loop keeps serving meanwhile."""
+    await asyncio.get_running_loop().run_in_executor(None, func)
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """The grpc server's channel arguments."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # grpc Python reuses ports by default: a second server would silently share it.
+        # Workers of one supervisor share it on purpose (SO_REUSEPORT).
+        ("grpc.so_reuseport", 1 if settings.worker else 0),
+        # Calls no handler has picked up yet pile up when every client reconnects at once;
+        # between the two limits grpc refuses new ones at random, more of them the fuller.
+        ("grpc.server.max_pending_requests", settings.max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_requests),
+    ]
+
+
+def bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Listen on ``settings.host:settings.port``; the port bound. OSError when it is taken."""
+    address = f"{settings.host}:{settings.port}"
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(
+            f"cannot listen on {address}: {exc} (is the port in use? try --port)"
+        ) from exc
+
+
+def serve_metrics(metrics: Metrics, settings: Settings) -> None:
+    """Serve ``/metrics`` on ``settings.metrics_port``. OSError when the port is taken.
+
+    A worker's own metrics are its supervisor's to gather: loopback only.
+    """
+    host = "127.0.0.1" if settings.worker else settings.host
+    try:
+        metrics.serve(settings.metrics_port, host)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve metrics on {host}:{settings.metrics_port}: {exc} "
+            "(is the port in use? try --metrics-port)"
+        ) from exc
+
+
+def add_health_and_reflection(server: grpc.aio.Server) -> Any:
+    """Register ``grpc.health.v1`` (NOT_SERVING until set) and server reflection.
+
+    Returns the health servicer (``grpc_health.v1.health.aio.HealthServicer``, untyped).
+    """
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return health_servicer
 
 
 def add_predictor(servicer: Any, server: grpc.aio.Server) -> None:
@@ -170,151 +459,3 @@ async def _reap(sessions: SessionManager) -> None:
         expired = sessions.expire_idle()
         if expired:
             log.info("expired %d idle sessions", len(expired))
-
-
-async def start(settings: Settings) -> RunningServer:
-    """Load the models and start serving; returns once the port is bound."""
-    repository = ModelRepository.load(settings)
-    sessions = SessionManager(repository, settings)
-    restore_snapshot(sessions, settings)
-    metrics = Metrics(sessions)
-    for model in repository.models():
-        model.engine.on_batch = metrics.batch_size.observe
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            # grpc Python reuses ports by default: a second server would silently share it.
-            # Workers of one supervisor share it on purpose (SO_REUSEPORT).
-            ("grpc.so_reuseport", 1 if settings.worker else 0),
-        ]
-    )
-    add_predictor(PredictorServicer(repository, sessions, settings, metrics), server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-    address = f"{settings.host}:{settings.port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        repository.close()
-        raise OSError(
-            f"cannot listen on {address}: {exc} (is the port in use? try --port)"
-        ) from exc
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    tasks = [asyncio.create_task(_reap(sessions), name="session-reaper")]
-    if settings.snapshot_interval_s > 0:
-        tasks.append(asyncio.create_task(_snapshot_periodically(sessions, settings)))
-    if settings.metrics_port:
-        # A worker's own metrics are the supervisor's to gather: loopback only.
-        metrics.serve(settings.metrics_port, "127.0.0.1" if settings.worker else settings.host)
-    running = RunningServer(
-        server, port, repository, sessions, health_servicer, settings, metrics, tasks
-    )
-    models = ", ".join(m.key for m in repository.models())
-    log.info(
-        "serving %s on %s:%d (default model %s)",
-        models,
-        settings.host,
-        port,
-        repository.default_name,
-    )
-    return running
-
-
-async def serve_until_signal(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; the process exit code."""
-    running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining (grace %.1fs)", settings.grace_s)
-    await running.stop()
-    return 0
-
-
-class BackgroundServer:
-    """A server on a thread and event loop of its own; a context manager.
-
-    Example::
-
-        with BackgroundServer(Settings.from_env(port=0, host="127.0.0.1")) as server:
-            client = rnnstream.Client(server.address)
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="rnnstream-server", daemon=True
-        )
-        self.running: RunningServer | None = None
-
-    def start(self) -> BackgroundServer:
-        """Start the loop thread and the server on it; returns once serving."""
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(start(self.settings), self._loop)
-        try:
-            self.running = future.result(timeout=120)
-        except BaseException:
-            self._shutdown_loop()
-            raise
-        return self
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        assert self.running is not None, "start() first"
-        return self.running.port
-
-    @property
-    def address(self) -> str:
-        """``host:port`` for clients."""
-        assert self.running is not None, "start() first"
-        return self.running.address
-
-    def call(self, func: object) -> object:
-        """Run a plain callable on the server's loop thread and return its result."""
-
-        async def run() -> object:
-            return func()  # type: ignore[operator]
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=60)
-
-    def stop(self, grace: float | None = 1.0) -> None:
-        """Drain and stop the server, then the loop thread."""
-        if self.running is not None:
-            asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result(
-                timeout=120
-            )
-            self.running = None
-        self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-        if not self._loop.is_running():
-            self._loop.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -59,6 +59,14 @@ class Settings:
     max_streams: int = field(
         default=10_000, metadata={"help": "most live streams at once; more are refused"}
     )
+    max_pending_requests: int = field(
+        default=10_000,
+        metadata={
+            "help": "calls that arrived but no handler has picked up yet (a reconnect storm); "
+            "past this grpc refuses a growing share of new calls with RESOURCE_EXHAUSTED, "
+            "past twice this every one"
+        },
+    )
     state_dir: str = field(
         default_factory=lambda: default_state_dir(os.environ),
         metadata={
@@ -138,6 +146,7 @@ class Settings:
             "max_steps_per_message",
             "intra_op_threads",
             "max_streams",
+            "max_pending_requests",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
