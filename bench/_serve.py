@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -49,22 +49,25 @@ class MinimalPredictor(pb_grpc.PredictorServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PredictResponse:
         """Not offered."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
-        raise AssertionError("abort raises")
+        await _stream_only(context)
 
     async def GetSession(  # noqa: N802
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SessionInfo:
         """Not offered."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
-        raise AssertionError("abort raises")
+        await _stream_only(context)
 
     async def DeleteSession(  # noqa: N802
         self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteSessionResponse:
         """Not offered."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
-        raise AssertionError("abort raises")
+        await _stream_only(context)
+
+
+async def _stream_only(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    """End an RPC other than Stream with UNIMPLEMENTED."""
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmark server: Stream only")
+    raise AssertionError("abort raises")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -75,12 +78,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-async def serve(
-    name: str, host: str, port: int, register: Callable[[grpc.aio.Server], None]
-) -> int:
-    """Start a server, print ``serving NAME on HOST:PORT`` to stderr, run until a signal."""
+async def serve(name: str, host: str, port: int, servicer: pb_grpc.PredictorServicer) -> int:
+    """Serve ``servicer``, print ``serving NAME on HOST:PORT`` to stderr, run until a signal."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    register(server)
+    pb_grpc.add_PredictorServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(f"serving {name} on {host}:{bound}", file=sys.stderr, flush=True)
@@ -96,10 +97,9 @@ async def serve(
 def main(
     name: str,
     argv: Sequence[str] | None,
-    build: Callable[[argparse.Namespace], Callable[[grpc.aio.Server], None]],
+    build: Callable[[argparse.Namespace], pb_grpc.PredictorServicer],
     p: argparse.ArgumentParser,
 ) -> int:
-    """Parse ``argv``, build the servicer(s) and serve until SIGTERM or SIGINT."""
+    """Parse ``argv``, build the servicer and serve it until SIGTERM or SIGINT."""
     args = p.parse_args(argv)
-    register = build(args)
-    return asyncio.run(serve(name, args.host, args.port, register))
+    return asyncio.run(serve(name, args.host, args.port, build(args)))

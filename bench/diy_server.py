@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -22,7 +22,6 @@ import onnxruntime as ort
 
 from bench import _serve
 from rnnstream.v1 import rnnstream_pb2 as pb
-from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -114,17 +113,12 @@ class DiyServicer(_serve.MinimalPredictor):
                 self.states.pop(session_id, None)
 
 
-def build(args: argparse.Namespace) -> Callable[[grpc.aio.Server], None]:
-    """Load the model and register the servicer."""
+def build(args: argparse.Namespace) -> DiyServicer:
+    """The servicer over the newest version of the model."""
     directories = sorted(p.parent for p in Path(args.models).glob(f"{args.model}/*/manifest.json"))
     if not directories:
         raise SystemExit(f"no {args.model}/<version>/manifest.json under {args.models}")
-    servicer = DiyServicer(directories[-1])
-
-    def register(server: grpc.aio.Server) -> None:
-        pb_grpc.add_PredictorServicer_to_server(servicer, server)
-
-    return register
+    return DiyServicer(directories[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

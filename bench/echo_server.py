@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from bench import _serve
 from rnnstream.v1 import rnnstream_pb2 as pb
-from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -91,14 +90,9 @@ class EchoServicer(_serve.MinimalPredictor):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind}")
 
 
-def build(args: argparse.Namespace) -> Callable[[grpc.aio.Server], None]:
-    """Register the echo servicer on a server."""
-    servicer = EchoServicer(args.model, args.features, args.outputs, args.state_size)
-
-    def register(server: grpc.aio.Server) -> None:
-        pb_grpc.add_PredictorServicer_to_server(servicer, server)
-
-    return register
+def build(args: argparse.Namespace) -> EchoServicer:
+    """The echo servicer, answering for ``--model`` with the widths given."""
+    return EchoServicer(args.model, args.features, args.outputs, args.state_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-TARGET_BYTES_AT_1M = 1 << 30  # issue 4: 1M idle sessions <= 1 GB RSS
+# The memory target: 1M idle sessions in at most 1 GiB of RSS, so that one server process can
+# hold a million idle sessions at once.
+TARGET_BYTES_AT_1M = 1 << 30
 CONCURRENCY = 4096  # steps in flight at once while stepping every session
 
 

@@ -22,8 +22,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import harness
 from bench import models as bench_models
+from bench.harness import processes, systems
+from bench.harness.progress import say
 from rnnstream import loadgen
 
 
@@ -82,9 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(spy).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
     models = bench_models.build()
-    settings = harness.parse(["--no-json", "--no-plot"])
-    system = harness.available_systems(models, "bench-gru", settings)[args.system]
-    with tempfile.TemporaryDirectory() as tmp, harness.running([system], Path(tmp)) as started:
+    system = systems.available(models, "bench-gru")[args.system]
+    with tempfile.TemporaryDirectory() as tmp, processes.running([system], Path(tmp)) as started:
         server = started[0]
         spec = loadgen.LoadSpec(
             target=server.address,
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = threading.Thread(target=lambda: results.append(loadgen.run(spec)), daemon=True)
         load.start()
         raw = args.raw or Path(tmp) / "stacks.txt"
-        harness.say(f"sampling {args.system} (pid {server.pid}) for {args.seconds:g}s")
+        say(f"sampling {args.system} (pid {server.pid}) for {args.seconds:g}s")
         subprocess.run(
             [
                 spy,

@@ -1,21 +1,24 @@
-"""The harness end to end with tiny durations: echo and rnnstream on the tiny model."""
+"""``python -m bench.harness`` end to end with tiny durations, and its flags."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench import harness
+from bench.harness import cli
+from bench.harness.paths import ROOT
 
 
 @pytest.mark.slow
 def test_harness_smoke(tiny_models: Path, tmp_path: Path) -> None:
     out, png = tmp_path / "r.json", tmp_path / "p.png"
     stdout = io.StringIO()
-    code = harness.main(
+    code = cli.main(
         [
             "--systems",
             "echo,rnnstream,diy",
@@ -47,6 +50,7 @@ def test_harness_smoke(tiny_models: Path, tmp_path: Path) -> None:
     text = stdout.getvalue()
     assert code == 0, text
     assert "/echo" in text and "/diy" in text
+    assert "\nTargets:\n" in text
     document = json.loads(out.read_text())
     results = document["results"]
     # 2 reps x (2 stream counts + 2 chunked) x 3 systems
@@ -64,22 +68,23 @@ def test_harness_smoke(tiny_models: Path, tmp_path: Path) -> None:
     assert png.stat().st_size > 1000
 
 
-def test_interleaved_plan_rotates_systems() -> None:
-    settings = harness.parse(
-        ["--streams", "1,16", "--reps", "2", "--chunk-steps", "8", "--chunk-streams", "1,4"]
+def test_module_runs_as_a_program() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.harness", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    systems = [harness.System(name, ["true"]) for name in ("a", "b")]
-    order = [("ab"[i], streams, k) for i, streams, k, _ in harness.plan(settings, systems)]
-    assert order == [
-        ("a", 1, 1), ("b", 1, 1), ("a", 16, 1), ("b", 16, 1),
-        ("a", 1, 8), ("b", 1, 8), ("a", 4, 8), ("b", 4, 8),
-        ("b", 1, 1), ("a", 1, 1), ("b", 16, 1), ("a", 16, 1),
-        ("b", 1, 8), ("a", 1, 8), ("b", 4, 8), ("a", 4, 8),
-    ]  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m bench.harness")
+    assert "every system on the same machine" in done.stdout
+    assert "--chunk-streams" in done.stdout
 
 
 def test_quick_is_short() -> None:
-    settings = harness.parse(["--quick"])
+    settings = cli.parse(["--quick"])
     assert settings.streams == [1, 16]
     assert settings.chunk_streams == [1]
     assert settings.reps == 1
@@ -88,4 +93,4 @@ def test_quick_is_short() -> None:
 
 def test_stream_counts_must_be_positive() -> None:
     with pytest.raises(SystemExit):
-        harness.parse(["--chunk-streams", "0"])
+        cli.parse(["--chunk-streams", "0"])
