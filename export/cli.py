@@ -16,9 +16,10 @@ MISSING_EXTRA = "rnnstream train needs the [train] extra: pip install 'rnnstream
 
 DESCRIPTION = """\
 Train a recurrent network on a time series and write DIR/model.onnx (a one-step graph:
-x [B, F], state [B, S] -> y [B, O], state_out [B, S]) and DIR/manifest.json. Before
-anything is written, onnxruntime stepping the graph T times is checked against torch
-running the whole sequence (max |diff| <= 1e-5); a model that fails is refused.
+x [B, F], state [B, S] -> y [B, O], state_out [B, S]), DIR/sequence.onnx (the same
+network over a chunk of T steps) and DIR/manifest.json. Before anything is written,
+onnxruntime stepping the graph T times is checked against torch running the whole
+sequence (max |diff| <= 1e-5); a model that fails is refused.
 
 Data is split by time: the first 70% trains, the next 10% picks the best epoch (early
 stopping), the last 20% is the test split that the final table reports, next to a naive
@@ -146,7 +147,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         type=Path,
         metavar="DIR",
-        help="writes DIR/model.onnx, DIR/manifest.json",
+        help="writes DIR/model.onnx, DIR/sequence.onnx, DIR/manifest.json",
     )
     out.add_argument(
         "--name", default="", help="model name in the manifest (default: the dataset's)"

@@ -38,6 +38,7 @@ from rnnstream.export.model import SequenceModel
 from rnnstream.manifest import (
     INPUT_STATE,
     INPUT_X,
+    MANIFEST_FILE,
     ONNX_FILE,
     OUTPUT_STATE,
     OUTPUT_Y,
@@ -50,6 +51,7 @@ OPSET = 17
 TOLERANCE = 1e-5  # max |diff| of y (in output-std units) and of the state
 VERIFY_BATCH = 5
 VERIFY_STEPS = 64
+ARTIFACT_FILES = (ONNX_FILE, SEQUENCE_ONNX_FILE, MANIFEST_FILE)  # what write_artifact writes
 
 
 class ParityError(RuntimeError):
@@ -332,6 +334,6 @@ def write_artifact(
             versions=versions(),
         )
         final.save(Path(tmp))
-        for name in (ONNX_FILE, SEQUENCE_ONNX_FILE, "manifest.json"):
+        for name in ARTIFACT_FILES:
             shutil.move(str(Path(tmp) / name), str(out_dir / name))
     return final, worst
