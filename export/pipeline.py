@@ -12,6 +12,7 @@ import numpy as np
 from rnnstream.export import data as datasets
 from rnnstream.export.model import ModelConfig, SequenceModel
 from rnnstream.export.onnx import ARTIFACT_FILES, Parity, write_artifact
+from rnnstream.export.quality import baseline_warnings
 from rnnstream.export.train import Predictions, TrainConfig, predict, score, train
 from rnnstream.manifest import Manifest
 
@@ -139,6 +140,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         feature_recipe=dict(series.feature_recipe),
         data=datasets.describe(series, split),
         metrics=metrics,
+        warnings=baseline_warnings(test, series.baseline_name, result.history),
         config={
             "model": config.to_dict(),
             "train": spec.train.to_dict(),
