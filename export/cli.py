@@ -16,13 +16,15 @@ MISSING_EXTRA = "rnnstream train needs the [train] extra: pip install 'rnnstream
 
 DESCRIPTION = """\
 Train a recurrent network on a time series and write DIR/model.onnx (a one-step graph:
-x [B, F], state [B, S] -> y [B, O], state_out [B, S]) and DIR/manifest.json. Before
-anything is written, onnxruntime stepping the graph T times is checked against torch
-running the whole sequence (max |diff| <= 1e-5); a model that fails is refused.
+x [B, F], state [B, S] -> y [B, O], state_out [B, S]), DIR/sequence.onnx (the same
+network over a chunk of T steps) and DIR/manifest.json. Before anything is written,
+onnxruntime stepping the graph T times is checked against torch running the whole
+sequence (max |diff| <= 1e-5); a model that fails is refused.
 
 Data is split by time: the first 70% trains, the next 10% picks the best epoch (early
 stopping), the last 20% is the test split that the final table reports, next to a naive
-baseline (persistence for forecasts; historical volatility for msft-vol).
+baseline (persistence for forecasts; historical volatility for msft-vol). A model worse
+than its baseline is still written, with a warning on stderr and in the manifest.
 
 How it learns: backpropagation through time (BPTT) unrolls the network over a window of
 --window steps and back-propagates the loss through every step. --tbptt K truncates it:
@@ -146,7 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         type=Path,
         metavar="DIR",
-        help="writes DIR/model.onnx, DIR/manifest.json",
+        help="writes DIR/model.onnx, DIR/sequence.onnx, DIR/manifest.json",
     )
     out.add_argument(
         "--name", default="", help="model name in the manifest (default: the dataset's)"
@@ -159,7 +161,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write loss/prediction/hidden PNGs here",
     )
-    out.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    out.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, no table (warnings still go to stderr)",
+    )
     p.set_defaults(func=run)
 
 
@@ -254,8 +260,10 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             command=reproduce_command(args, window, horizon),
         )
-        pipeline.run(spec, sys.stdout)
+        report = pipeline.run(spec, sys.stdout)
     except (DataError, ParityError, ValueError) as exc:
         print(f"rnnstream train: error: {exc}", file=sys.stderr)
         return 1
+    for warning in report.manifest.warnings:
+        print(f"rnnstream train: warning: {warning}", file=sys.stderr)
     return 0

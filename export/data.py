@@ -341,8 +341,9 @@ def load_csv(
     stamp = frame.columns[0] if frame.columns[0] not in numeric else None
     used = list(dict.fromkeys([*features, *targets]))
     frame = frame.dropna(subset=used).reset_index(drop=True)
-    x_all = frame[features].to_numpy(dtype=np.float32)
-    y_all = frame[list(targets)].to_numpy(dtype=np.float32)
+    # copy=True: a one-column frame would hand back a read-only view, which torch warns about.
+    x_all = frame[features].to_numpy(dtype=np.float32, copy=True)
+    y_all = frame[list(targets)].to_numpy(dtype=np.float32, copy=True)
     n = len(frame) - horizon
     if n < 20:
         raise DataError(f"{path} has {len(frame)} usable rows; too few to train on")

@@ -1,7 +1,11 @@
 """ONNX export of the one-step graph, verified against torch before anything is written.
 
-The graph (ARCHITECTURE.md section 2) is ``(x [B, F], state [B, S]) -> (y [B, O],
-state_out [B, S])`` with ``B`` dynamic. It is exported with the legacy TorchScript exporter
+The step graph is the contract between training and serving: inputs ``x [B, F]`` and
+``state [B, S]``, outputs ``y [B, O]`` and ``state_out [B, S]``, one time step for a batch
+of independent sessions, with ``B`` dynamic. ``state`` is the whole recurrent state
+flattened to one row per session (``h`` of every layer, then for an LSTM ``c`` of every
+layer), and input normalisation and output de-normalisation happen inside the graph, so
+it takes and returns raw units. It is exported with the legacy TorchScript exporter
 (``dynamo=False``, opset 17), which emits ONNX's native ``RNN``/``GRU``/``LSTM`` operators.
 The dynamo exporter unrolls ``nn.RNN`` over the example sequence length instead (see
 ``tests/export/test_dynamo_trap.py``); for a one-step graph that would be harmless, but the
@@ -34,6 +38,7 @@ from rnnstream.export.model import SequenceModel
 from rnnstream.manifest import (
     INPUT_STATE,
     INPUT_X,
+    MANIFEST_FILE,
     ONNX_FILE,
     OUTPUT_STATE,
     OUTPUT_Y,
@@ -46,14 +51,18 @@ OPSET = 17
 TOLERANCE = 1e-5  # max |diff| of y (in output-std units) and of the state
 VERIFY_BATCH = 5
 VERIFY_STEPS = 64
+ARTIFACT_FILES = (ONNX_FILE, SEQUENCE_ONNX_FILE, MANIFEST_FILE)  # what write_artifact writes
 
 
 class ParityError(RuntimeError):
     """The exported graph does not reproduce the torch model; nothing was written."""
 
 
-class StepGraph(nn.Module):
-    """One time step of a :class:`SequenceModel`, the module that becomes ``model.onnx``."""
+class StepGraphModule(nn.Module):
+    """The torch module exported as the step graph: one step of a :class:`SequenceModel`.
+
+    It becomes ``model.onnx``; the server loads that file as its own ``StepGraph``.
+    """
 
     def __init__(self, model: SequenceModel) -> None:
         super().__init__()
@@ -65,8 +74,8 @@ class StepGraph(nn.Module):
         return y.squeeze(1), state_out  # [B, O], [B, S]
 
 
-class SequenceGraph(nn.Module):
-    """A whole chunk of steps of a :class:`SequenceModel`: the module of ``sequence.onnx``."""
+class SequenceGraphModule(nn.Module):
+    """The torch module exported as the sequence graph: a chunk of steps, ``sequence.onnx``."""
 
     def __init__(self, model: SequenceModel) -> None:
         super().__init__()
@@ -81,7 +90,7 @@ class SequenceGraph(nn.Module):
 def step_graph_bytes(model: SequenceModel, step: nn.Module | None = None) -> bytes:
     """Export the step graph of ``model`` (or of the given ``step`` module) to ONNX bytes."""
     model = model.cpu().eval()
-    step = (step if step is not None else StepGraph(model)).eval()
+    step = (step if step is not None else StepGraphModule(model)).eval()
     example = (torch.zeros(2, model.config.n_features), model.zero_state(2))
     return _export(step, example, time_axis=False)
 
@@ -94,7 +103,7 @@ def sequence_graph_bytes(model: SequenceModel) -> bytes:
     """
     model = model.cpu().eval()
     example = (torch.zeros(2, 2, model.config.n_features), model.zero_state(2))
-    return _export(SequenceGraph(model).eval(), example, time_axis=True)
+    return _export(SequenceGraphModule(model).eval(), example, time_axis=True)
 
 
 def _export(module: nn.Module, example: tuple[Tensor, Tensor], time_axis: bool) -> bytes:
@@ -241,8 +250,12 @@ def verify_sequence(
     return worst
 
 
-def check_graph(onnx_bytes: bytes, manifest: Manifest) -> None:
-    """The graph's input/output names and widths must match the manifest."""
+def check_io_matches_manifest(onnx_bytes: bytes, manifest: Manifest) -> None:
+    """Refuse a graph that is not valid ONNX or whose inputs/outputs differ from the manifest.
+
+    Expected: ``x [B, F]``, ``state [B, S]`` -> ``y [B, O]``, ``state_out [B, S]`` with the
+    manifest's widths and ``B`` dynamic; raises :class:`ParityError`.
+    """
     graph = onnx.load_from_string(onnx_bytes)
     onnx.checker.check_model(graph)
 
@@ -292,7 +305,7 @@ def write_artifact(
     ``step`` replaces the exported module (tests use it to prove the check bites).
     """
     onnx_bytes = step_graph_bytes(model, step)
-    check_graph(onnx_bytes, manifest)
+    check_io_matches_manifest(onnx_bytes, manifest)
     sequence_bytes = sequence_graph_bytes(model)
     results = [verify(model, onnx_bytes), verify_sequence(model, sequence_bytes)]
     if verify_inputs is not None:
@@ -321,6 +334,6 @@ def write_artifact(
             versions=versions(),
         )
         final.save(Path(tmp))
-        for name in (ONNX_FILE, SEQUENCE_ONNX_FILE, "manifest.json"):
+        for name in ARTIFACT_FILES:
             shutil.move(str(Path(tmp) / name), str(out_dir / name))
     return final, worst

@@ -11,7 +11,8 @@ import numpy as np
 
 from rnnstream.export import data as datasets
 from rnnstream.export.model import ModelConfig, SequenceModel
-from rnnstream.export.onnx import Parity, write_artifact
+from rnnstream.export.onnx import ARTIFACT_FILES, Parity, write_artifact
+from rnnstream.export.quality import baseline_warnings
 from rnnstream.export.train import Predictions, TrainConfig, predict, score, train
 from rnnstream.manifest import Manifest
 
@@ -139,6 +140,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         feature_recipe=dict(series.feature_recipe),
         data=datasets.describe(series, split),
         metrics=metrics,
+        warnings=baseline_warnings(test, series.baseline_name, result.history),
         config={
             "model": config.to_dict(),
             "train": spec.train.to_dict(),
@@ -160,10 +162,10 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     seconds = time.perf_counter() - started
     if not spec.quiet:
         print(metrics_table(name, config.cell, series.baseline_name, test), file=log)
+        for file_name in ARTIFACT_FILES:
+            print(f"wrote {spec.out / file_name}", file=log)
         print(
-            f"wrote {spec.out / manifest.onnx_file} and manifest.json "
-            f"(parity max |diff| {parity.worst:.2g}; {seconds:.1f}s)",
-            file=log,
+            f"parity max |diff| {parity.worst:.2g} (onnxruntime vs torch); {seconds:.1f}s", file=log
         )
         for path in plots:
             print(f"plot {path}", file=log)

@@ -88,6 +88,9 @@ class Manifest:
     data: dict[str, Any] = field(default_factory=dict)
     # Held-out metrics against a naive baseline.
     metrics: dict[str, Any] = field(default_factory=dict)
+    # What the exporter found wrong with the model without refusing it (e.g. worse than
+    # its baseline on held-out data), one sentence each; empty when nothing was found.
+    warnings: list[str] = field(default_factory=list)
     # The @dataclass config of the torch model and the training run.
     config: dict[str, Any] = field(default_factory=dict)
     onnx_file: str = ONNX_FILE

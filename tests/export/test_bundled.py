@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def test_recorded_metrics_beat_the_baseline(bundled):
     )
     assert metrics["rmse_ratio"] <= BUNDLED[manifest.name]
     assert metrics["rmse"] < metrics["baseline_rmse"]
+    assert manifest.warnings == []
+
+
+def test_a_manifest_without_warnings_still_loads(bundled):
+    """Manifests written before ``warnings`` existed lack the key: none, not an error."""
+    directory, _ = bundled
+    raw = json.loads((directory / "manifest.json").read_text())
+    raw.pop("warnings", None)
+    assert Manifest.from_dict(raw).warnings == []
 
 
 def test_the_graph_reproduces_the_recorded_test_metrics(bundled):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rnnstream.cli import main
@@ -133,6 +134,36 @@ def test_train_on_a_csv(tmp_path: Path):
     manifest = Manifest.load(out)
     assert manifest.feature_names == ["level", "rain"] and manifest.output_names == ["level_next_2"]
     assert "--features level,rain --targets level" in manifest.command
+
+
+def test_a_model_worse_than_its_baseline_is_written_with_a_warning(tmp_path: Path, capsys):
+    """A drifting random walk, where persistence is hard to beat, and a deliberately
+    under-trained tiny network: one epoch of two hidden units, far worse than persistence."""
+    rng = np.random.default_rng(0)
+    level = 0.5 * np.arange(300) + np.cumsum(rng.standard_normal(300))
+    path = tmp_path / "walk.csv"
+    path.write_text("level\n" + "\n".join(f"{v:.4f}" for v in level) + "\n")
+    out = tmp_path / "walk" / "1"
+    argv = ["train", "--data", str(path), "--targets", "level", "--cell", "gru"]
+    argv += ["--hidden", "2", "--epochs", "1", "--window", "16", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    manifest = Manifest.load(out)
+    assert manifest.metrics["rmse_ratio"] > 1
+    [warning] = manifest.warnings
+    assert warning.startswith("the model is worse than the naive baseline (persistence)")
+    assert f"RMSE {manifest.metrics['rmse']:.4g} vs {manifest.metrics['baseline_rmse']:.4g}" in (
+        warning
+    )
+    assert "more --epochs" in warning
+    assert captured.err.strip() == f"rnnstream train: warning: {warning}"
+    assert "warning" not in captured.out
+    # Every file written is named, and only those.
+    wrote = [
+        line.split(" ", 1)[1] for line in captured.out.splitlines() if line.startswith("wrote")
+    ]
+    assert sorted(wrote) == sorted(str(p) for p in out.iterdir())
+    assert {Path(p).name for p in wrote} == {"model.onnx", "sequence.onnx", "manifest.json"}
 
 
 def test_help_explains_bptt_truncation_and_clipping(capsys):

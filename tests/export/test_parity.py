@@ -13,7 +13,7 @@ from rnnstream.export.model import ModelConfig, SequenceModel
 from rnnstream.export.onnx import (
     TOLERANCE,
     ParityError,
-    SequenceGraph,
+    SequenceGraphModule,
     _export,
     sequence_graph_bytes,
     step_graph_bytes,
@@ -81,6 +81,6 @@ def test_sequence_graph_parity_at_lengths_other_than_the_example(cell: str, laye
 def test_a_sequence_graph_fixed_to_its_example_length_is_refused():
     model, _ = exported("gru", 1)
     example = (torch.zeros(2, 4, 3), model.zero_state(2))
-    fixed = _export(SequenceGraph(model).eval(), example, time_axis=False)  # T stays 4
+    fixed = _export(SequenceGraphModule(model).eval(), example, time_axis=False)  # T stays 4
     with pytest.raises(ParityError, match="T=5"):
         verify_sequence(model, fixed, lengths=(5,))
