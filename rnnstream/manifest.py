@@ -155,8 +155,15 @@ class Manifest:
             raise ManifestError(f"manifest of {self.name}/{self.version}: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest as JSON-ready data."""
-        return dataclasses.asdict(self)
+        """The manifest as JSON-ready data.
+
+        An empty ``warnings`` is left out, so a model without warnings stays loadable by
+        servers older than that key (they refuse unknown keys).
+        """
+        data = dataclasses.asdict(self)
+        if not data["warnings"]:
+            del data["warnings"]
+        return data
 
     def save(self, directory: Path) -> Path:
         """Write ``directory/manifest.json`` (pretty, key order stable); return its path."""

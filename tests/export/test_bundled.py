@@ -113,3 +113,9 @@ def test_the_default_model_is_what_the_architecture_says():
     assert manifest.return_sequences
     msft = Manifest.load(MODELS / "msft-vol" / "1")
     assert msft.n_features == 2 and not msft.return_sequences
+
+
+def test_a_manifest_without_warnings_is_written_without_the_key(bundled):
+    """Older servers refuse unknown keys: a model with nothing to warn about stays loadable."""
+    _, manifest = bundled
+    assert "warnings" not in manifest.to_dict()
