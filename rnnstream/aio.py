@@ -36,6 +36,7 @@ from rnnstream._health import health_check_call, health_request, health_status
 from rnnstream._session import (
     END_OF_STREAM,
     HALF_CLOSE,
+    Phase,
     SessionCore,
     SessionView,
     ended_unexpectedly,
@@ -196,18 +197,17 @@ class AsyncSession(SessionView):
         if self._closed:
             return
         core = self._core
+        core.close()
         if self._stream is not None or core.pending:
-            core.closing = True
             await self._run(lambda: False)
         self._closed = True
-        core.closing = True
         await self._discard_stream()
 
     async def delete(self) -> None:
         """End the session on the server now and free its state; it cannot be resumed."""
         await self._discard_stream()
         self._closed = True
-        self._core.closing = True
+        self._core.close()
         await self._client.delete_session(self.id)
 
     async def __aenter__(self) -> AsyncSession:
@@ -223,7 +223,7 @@ class AsyncSession(SessionView):
             await self.close()
         else:
             self._closed = True
-            self._core.closing = True
+            self._core.close()
             await self._discard_stream()
 
     def __repr__(self) -> str:
@@ -236,8 +236,8 @@ class AsyncSession(SessionView):
         if self._closed:
             raise RuntimeError(f"session {self.id} is closed: open it again by id to continue")
         self._core.begin_call()
-        if self._core.resync:  # after an error: learn where the session stands first
-            await self._run(lambda: not self._core.resync)
+        if self._core.phase is Phase.RESYNC:  # after an error: learn where it stands first
+            await self._run(lambda: self._core.phase is not Phase.RESYNC)
 
     async def _connect(self) -> None:
         core = self._core
@@ -268,7 +268,7 @@ class AsyncSession(SessionView):
                         return
                 response = await stream.recv(self._client.timeout)
                 if response is None:
-                    if core.half_closed:
+                    if core.phase is Phase.HALF_CLOSED:
                         return
                     raise ended_unexpectedly()
                 core.on_response(response)

@@ -37,6 +37,7 @@ from rnnstream._health import health_check_call, health_request, health_status
 from rnnstream._session import (
     END_OF_STREAM,
     HALF_CLOSE,
+    Phase,
     SessionCore,
     SessionView,
     ended_unexpectedly,
@@ -197,18 +198,17 @@ class Session(SessionView):
         if self._closed:
             return
         core = self._core
+        core.close()
         if self._stream is not None or core.pending:
-            core.closing = True
             self._run(lambda: False)
         self._closed = True
-        core.closing = True
         self._discard_stream()
 
     def delete(self) -> None:
         """End the session on the server now and free its state; it cannot be resumed."""
         self._discard_stream()
         self._closed = True
-        self._core.closing = True
+        self._core.close()
         self._client.delete_session(self.id)
 
     def __enter__(self) -> Session:
@@ -224,7 +224,7 @@ class Session(SessionView):
             self.close()
         else:  # do not block an error on a flush; the session stays resumable
             self._closed = True
-            self._core.closing = True
+            self._core.close()
             self._discard_stream()
 
     def __repr__(self) -> str:
@@ -237,8 +237,8 @@ class Session(SessionView):
         if self._closed:
             raise RuntimeError(f"session {self.id} is closed: open it again by id to continue")
         self._core.begin_call()
-        if self._core.resync:  # after an error: learn where the session stands first
-            self._run(lambda: not self._core.resync)
+        if self._core.phase is Phase.RESYNC:  # after an error: learn where it stands first
+            self._run(lambda: self._core.phase is not Phase.RESYNC)
 
     def _connect(self) -> None:
         """Open a stream, send Open, take Opened; resolve an End that may have been lost."""
@@ -269,7 +269,7 @@ class Session(SessionView):
                         return
                 response = stream.recv(self._client.timeout)
                 if response is None:
-                    if core.half_closed:
+                    if core.phase is Phase.HALF_CLOSED:
                         return  # the server finished after our half-close
                     raise ended_unexpectedly()
                 core.on_response(response)
