@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from rnnstream import loadgen
+from rnnstream import bench_report, loadgen
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -388,7 +388,7 @@ def run_all(
         if result.errors:
             time.sleep(1.0)  # a launcher (serve.py) notices its server's death within 0.2 s
         if settings.out is not None:  # what ran so far survives a crash of the harness
-            loadgen.write_json(settings.out, results, {"partial": True})
+            bench_report.write_json(settings.out, results, {"partial": True})
         if item.process.poll() is not None:
             name = item.system.name
             crashes[name] += 1
@@ -813,7 +813,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
     if settings.out is not None:
         meta["summary"] = [c.__dict__ for c in cells]
         meta["checks"] = checks
-        loadgen.write_json(settings.out, results, meta)
+        bench_report.write_json(settings.out, results, meta)
         say(f"wrote {settings.out}")
     if settings.plot is not None:
         title = (
