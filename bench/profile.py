@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import models as bench_models
 from bench.harness import processes, systems
 from bench.harness.progress import say
-from rnnstream import loadgen
+from rnnstream import bench_report, loadgen
 
 
 def summarize(collapsed: str, top: int) -> str:
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load.join(args.seconds + spec.timeout_s)
         text = raw.read_text()
     if results:
-        print(loadgen.format_table(results))
+        print(bench_report.format_table(results))
     print(summarize(text, args.top))
     return 0
 

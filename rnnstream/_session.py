@@ -1,8 +1,7 @@
 """The session protocol without I/O: step numbering, the resend buffer, acks and resume.
 
 ``SessionCore`` is shared by the blocking ``Session`` and the asyncio ``AsyncSession``;
-they only move its messages over a gRPC stream. The rules it implements (ARCHITECTURE.md
-section 4):
+they only move its messages over a gRPC stream. The rules it implements:
 
 - Every step gets a session-wide index. Steps are cut into chunks of ``chunk_size``
   (one ``Steps`` message each) and kept in ``pending`` until acknowledged.
@@ -15,11 +14,15 @@ section 4):
   unacknowledged chunk: the server does not re-apply steps below ``next_step`` and
   answers them from its replay cache).
 - An ``End`` lost in flight is resent only if the server did not act on it (the driver
-  asks ``GetSession.sequence_steps``; see ``end_uncertain``).
+  asks ``GetSession.sequence_steps``; see ``resolve_end``).
+- A session goes through the :class:`Phase` values: new, open, and after a failed call
+  resync (the next ``Opened`` says where it stands); once the caller closes it, closing
+  and then half-closed while a stream has written its half-close.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +44,16 @@ from rnnstream.v1 import rnnstream_pb2 as pb
 
 #: What ``sendable`` yields for "half-close the request stream now".
 HALF_CLOSE = None
+
+
+class Phase(enum.Enum):
+    """Where a client session stands in its life (``SessionCore.phase``)."""
+
+    NEW = "new"  # no Opened yet
+    OPEN = "open"  # opened; this client knows where the session stands
+    RESYNC = "resync"  # a call failed: take where the session stands from the next Opened
+    CLOSING = "closing"  # closed by the caller: half-close once everything is sent
+    HALF_CLOSED = "half-closed"  # closing, and this stream has written its half-close
 
 
 @dataclass
@@ -105,8 +118,7 @@ class SessionCore:
         self.id = session_id or ""
         self.info: ModelInfo | None = None
         self.return_sequences = True
-        self.opened = False
-        self.resync = False  # after an error: take next_step from the server on reopen
+        self.phase = Phase.NEW
         self.next_step = 0  # the index the next enqueued step gets
         self.delivered = 0  # many-to-many: outputs handed to the caller up to here
         self.pending: deque[Chunk] = deque()
@@ -114,15 +126,23 @@ class SessionCore:
         self.inflight = 0  # many-to-many: Steps on the current stream not answered yet
         self.seq_steps: int | None = 0  # steps in the current sequence (None: unknown)
         self.end_request: pb.End | None = None  # End to send, until its Final arrives
-        self.end_sent = False
+        self.end_sent = False  # end_request is written on the current stream
         self.final: pb.Final | None = None  # the Final answering end_request
-        self.closing = False  # half-close once everything is sent
-        self.half_closed = False
         self.last_y: np.ndarray | None = None  # [O] of the last step delivered
         self.state: np.ndarray | None = None  # [S] after the last step (return_state)
         self.collected_y: list[np.ndarray] = []
         self.collected_states: list[np.ndarray] = []
         self.ended: SessionEndedError | None = None
+
+    @property
+    def opened(self) -> bool:
+        """Whether an Opened has arrived: the session exists and its model is known."""
+        return self.info is not None
+
+    @property
+    def closing(self) -> bool:
+        """Whether the caller closed the session (its calls are refused from now on)."""
+        return self.phase in (Phase.CLOSING, Phase.HALF_CLOSED)
 
     # -- messages out ---------------------------------------------------------------------
 
@@ -170,9 +190,9 @@ class SessionCore:
             if self.end_request is not None and not self.end_sent:
                 out.append(pb.StreamRequest(end=self.end_request))
                 self.end_sent = True
-            elif self.closing and not self.half_closed and self.end_request is None:
+            elif self.phase is Phase.CLOSING and self.end_request is None:
                 out.append(HALF_CLOSE)
-                self.half_closed = True
+                self.phase = Phase.HALF_CLOSED
         return out
 
     # -- messages in ----------------------------------------------------------------------
@@ -184,15 +204,16 @@ class SessionCore:
         resent for their outputs (many-to-many), and everything is unsent again.
         """
         n = msg.next_step
-        if not self.opened or self.resync:
+        if not self.opened or self.phase is Phase.RESYNC:
             self.id = msg.session_id
             self.info = ModelInfo.from_proto(msg.model)
             self.return_sequences = msg.return_sequences
             self.next_step = self.delivered = n
             self.pending.clear()
-            if self.resync:
+            if self.phase is Phase.RESYNC:
                 self.seq_steps = None
-            self.opened, self.resync = True, False
+            if self.phase in (Phase.NEW, Phase.RESYNC):
+                self.phase = Phase.OPEN
             self._reset_stream()
             return False
         acked = self.pending[0].start if self.pending else self.next_step
@@ -326,7 +347,7 @@ class SessionCore:
             )
         if msg.start > chunk.start:
             # Applied before the drop, and no longer in the server's replay cache.
-            self.resync = True
+            self._lose_sync()
             raise DataLossError(
                 f"the outputs of steps {chunk.start}..{msg.start - 1} of session {self.id} were "
                 "lost with the connection and the server no longer caches them: keep "
@@ -373,6 +394,11 @@ class SessionCore:
 
     # -- driver helpers -------------------------------------------------------------------
 
+    def close(self) -> None:
+        """The caller closed the session: half-close once everything is sent."""
+        if not self.closing:
+            self.phase = Phase.CLOSING
+
     def begin_call(self) -> None:
         """Before a step/steps/end call: refuse if the session can no longer be used."""
         if self.ended is not None:
@@ -390,7 +416,7 @@ class SessionCore:
         self.pending.clear()
         self.end_request = None
         self.end_sent = False
-        self.resync = True
+        self._lose_sync()
         self._reset_stream()
 
     def drained(self) -> bool:
@@ -416,10 +442,17 @@ class SessionCore:
         assert self.final is not None
         return np.asarray(self.final.y, dtype=np.float32)
 
+    def _lose_sync(self) -> None:
+        """Where the session stands is unknown until the next Opened (unless it is closed)."""
+        if not self.closing:
+            self.phase = Phase.RESYNC
+
     def _reset_stream(self) -> None:
+        """A new stream: nothing is written on it yet."""
         self.sent = 0
         self.inflight = 0
-        self.half_closed = False
+        if self.phase is Phase.HALF_CLOSED:
+            self.phase = Phase.CLOSING
 
 
 class SessionView:

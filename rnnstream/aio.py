@@ -25,23 +25,22 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rnnstream import _codec
+from rnnstream._client_base import (
+    DEFAULT_ADDRESS,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_TIMEOUT_S,
+    ClientBase,
+    backoff_delay,
+)
+from rnnstream._health import health_check_call, health_request, health_status
 from rnnstream._session import (
     END_OF_STREAM,
     HALF_CLOSE,
+    Phase,
     SessionCore,
     SessionView,
     ended_unexpectedly,
     unwrap,
-)
-from rnnstream.client import (
-    DEFAULT_ADDRESS,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_TIMEOUT_S,
-    HEALTH_CHECK_METHOD,
-    ClientBase,
-    backoff_delay,
-    health_request,
-    health_status,
 )
 from rnnstream.errors import RnnstreamError, UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo, SessionInfo
@@ -49,7 +48,6 @@ from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-_EOF = END_OF_STREAM
 # The end-of-stream marker of grpc.aio's read() (grpc-stubs does not declare it).
 _GRPC_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -74,7 +72,7 @@ class _AsyncStream:
             while True:
                 response = await self.call.read()
                 if response is _GRPC_EOF:
-                    self._responses.put_nowait(_EOF)
+                    self._responses.put_nowait(END_OF_STREAM)
                     return
                 self._responses.put_nowait(response)
         except grpc.RpcError as err:
@@ -123,12 +121,12 @@ class _AsyncStream:
         return unwrap(item)
 
     def poll(self) -> object:
-        """A response that already arrived, ``_EOF`` at the end, or None if none yet."""
+        """A response that already arrived, ``END_OF_STREAM`` at the end, or None if none yet."""
         try:
             item = self._responses.get_nowait()
         except asyncio.QueueEmpty:
             return None
-        return _EOF if item is _EOF else unwrap(item)
+        return END_OF_STREAM if item is END_OF_STREAM else unwrap(item)
 
     async def cancel(self) -> None:
         """Drop the stream (the server keeps the session) and end the reader task."""
@@ -199,18 +197,17 @@ class AsyncSession(SessionView):
         if self._closed:
             return
         core = self._core
+        core.close()
         if self._stream is not None or core.pending:
-            core.closing = True
             await self._run(lambda: False)
         self._closed = True
-        core.closing = True
         await self._discard_stream()
 
     async def delete(self) -> None:
         """End the session on the server now and free its state; it cannot be resumed."""
         await self._discard_stream()
         self._closed = True
-        self._core.closing = True
+        self._core.close()
         await self._client.delete_session(self.id)
 
     async def __aenter__(self) -> AsyncSession:
@@ -226,7 +223,7 @@ class AsyncSession(SessionView):
             await self.close()
         else:
             self._closed = True
-            self._core.closing = True
+            self._core.close()
             await self._discard_stream()
 
     def __repr__(self) -> str:
@@ -239,8 +236,8 @@ class AsyncSession(SessionView):
         if self._closed:
             raise RuntimeError(f"session {self.id} is closed: open it again by id to continue")
         self._core.begin_call()
-        if self._core.resync:  # after an error: learn where the session stands first
-            await self._run(lambda: not self._core.resync)
+        if self._core.phase is Phase.RESYNC:  # after an error: learn where it stands first
+            await self._run(lambda: self._core.phase is not Phase.RESYNC)
 
     async def _connect(self) -> None:
         core = self._core
@@ -271,7 +268,7 @@ class AsyncSession(SessionView):
                         return
                 response = await stream.recv(self._client.timeout)
                 if response is None:
-                    if core.half_closed:
+                    if core.phase is Phase.HALF_CLOSED:
                         return
                     raise ended_unexpectedly()
                 core.on_response(response)
@@ -401,11 +398,7 @@ class AsyncClient(ClientBase):
 
     async def health(self, service: str = "") -> str:
         """The standard ``grpc.health.v1`` status: ``"SERVING"``, ``"NOT_SERVING"``, ...."""
-        check = self._channel.unary_unary(
-            HEALTH_CHECK_METHOD,
-            request_serializer=lambda b: b,
-            response_deserializer=lambda b: b,
-        )
+        check = health_check_call(self._channel)
         return health_status(await self._call(check, health_request(service)))
 
     async def close(self) -> None:

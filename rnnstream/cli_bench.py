@@ -1,7 +1,8 @@
 """``rnnstream bench``: drive load at a running server and print what it sustains.
 
 Registered by ``rnnstream.cli`` through :func:`add_parser`. The load generator
-(:mod:`rnnstream.loadgen`) is imported only when the command runs.
+(:mod:`rnnstream.loadgen`) and its reporting (:mod:`rnnstream.bench_report`) are imported
+only when the command runs.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the load (a sweep when several stream counts are given) and report."""
-    from rnnstream import loadgen
+    from rnnstream import bench_report, loadgen
 
     address = args.address or os.environ.get(ADDRESS_ENV) or FALLBACK_ADDRESS
     results = []
@@ -147,12 +148,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"rnnstream bench: cannot reach {address}: {exc}", file=sys.stderr)
             return 1
         raise
-    print(loadgen.format_table(results))
+    print(bench_report.format_table(results))
     for result in results:
         for message in result.error_messages:
             print(f"error ({result.streams} streams): {message}", file=sys.stderr)
     if args.json is not None:
-        loadgen.write_json(args.json, results, {"address": address})
+        bench_report.write_json(args.json, results, {"address": address})
         print(f"wrote {args.json}", file=sys.stderr)
     return 1 if any(r.errors for r in results) else 0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,64 +26,29 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rnnstream import _codec
+from rnnstream._client_base import (
+    DEFAULT_ADDRESS,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_TIMEOUT_S,
+    ClientBase,
+    backoff_delay,
+)
+from rnnstream._health import health_check_call, health_request, health_status
 from rnnstream._session import (
     END_OF_STREAM,
     HALF_CLOSE,
+    Phase,
     SessionCore,
     SessionView,
     ended_unexpectedly,
     unwrap,
 )
-from rnnstream.errors import (
-    RnnstreamError,
-    UnavailableError,
-    from_rpc_error,
-)
+from rnnstream.errors import RnnstreamError, UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo, SessionInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
-DEFAULT_ADDRESS = "localhost:50051"
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_CHUNK_SIZE = 64
-MAX_BACKOFF_S = 5.0
-HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
-HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-
 T = TypeVar("T")
-_EOF = END_OF_STREAM
-
-
-def backoff_delay(backoff: float, attempt: int) -> float:
-    """Seconds to wait before reconnect ``attempt`` (1-based): exponential, capped."""
-    return float(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S))
-
-
-def health_request(service: str) -> bytes:
-    """A ``grpc.health.v1.HealthCheckRequest`` by hand (the SDK has no health stubs)."""
-    data = service.encode()
-    if not data:
-        return b""
-    if len(data) > 127:
-        raise ValueError("service name too long")
-    return b"\x0a" + bytes([len(data)]) + data  # field 1, length-delimited
-
-
-def health_status(response: bytes) -> str:
-    """The status name in a ``HealthCheckResponse`` (field 1, an enum varint)."""
-    if len(response) >= 2 and response[0] == 0x08:
-        return HEALTH_STATUSES.get(response[1], str(response[1]))
-    return "UNKNOWN"
-
-
-def find_n_features(models: Iterable[ModelInfo], name: str, version: str) -> int | None:
-    """``n_features`` of ``name`` (``version``, or every version if they agree), else None."""
-    widths = {m.n_features for m in models if m.name == name and version in ("", m.version)}
-    return widths.pop() if len(widths) == 1 else None
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 class _Stream:
@@ -103,7 +68,7 @@ class _Stream:
     def _request_iterator(self) -> Iterator[pb.StreamRequest]:
         while True:
             item = self._requests.get()
-            if item is _EOF:
+            if item is END_OF_STREAM:
                 return
             assert isinstance(item, pb.StreamRequest)
             yield item
@@ -112,7 +77,7 @@ class _Stream:
         try:
             for response in self.call:
                 self._responses.put(response)
-            self._responses.put(_EOF)
+            self._responses.put(END_OF_STREAM)
         except grpc.RpcError as err:
             self._responses.put(from_rpc_error(err))
         except Exception as err:  # never let the thread die silently
@@ -122,7 +87,7 @@ class _Stream:
 
     def send(self, request: pb.StreamRequest | None) -> None:
         """Write a message; None half-closes."""
-        self._requests.put(_EOF if request is HALF_CLOSE else request)
+        self._requests.put(END_OF_STREAM if request is HALF_CLOSE else request)
 
     def recv(self, timeout: float | None) -> pb.StreamResponse | None:
         """The next response, None at the end of the stream; raises the stream's error."""
@@ -136,17 +101,17 @@ class _Stream:
         return unwrap(item)
 
     def poll(self) -> object:
-        """A response that has already arrived, ``_EOF`` at the end, or None if none yet."""
+        """A response that already arrived, ``END_OF_STREAM`` at the end, or None if none yet."""
         try:
             item = self._responses.get_nowait()
         except queue.Empty:
             return None
-        return _EOF if item is _EOF else unwrap(item)
+        return END_OF_STREAM if item is END_OF_STREAM else unwrap(item)
 
     def cancel(self) -> None:
         """Drop the stream (the server keeps the session) and release the threads."""
         self.call.cancel()
-        self._requests.put(_EOF)
+        self._requests.put(END_OF_STREAM)
         self._reader.join(timeout=5)
 
 
@@ -233,18 +198,17 @@ class Session(SessionView):
         if self._closed:
             return
         core = self._core
+        core.close()
         if self._stream is not None or core.pending:
-            core.closing = True
             self._run(lambda: False)
         self._closed = True
-        core.closing = True
         self._discard_stream()
 
     def delete(self) -> None:
         """End the session on the server now and free its state; it cannot be resumed."""
         self._discard_stream()
         self._closed = True
-        self._core.closing = True
+        self._core.close()
         self._client.delete_session(self.id)
 
     def __enter__(self) -> Session:
@@ -260,7 +224,7 @@ class Session(SessionView):
             self.close()
         else:  # do not block an error on a flush; the session stays resumable
             self._closed = True
-            self._core.closing = True
+            self._core.close()
             self._discard_stream()
 
     def __repr__(self) -> str:
@@ -273,8 +237,8 @@ class Session(SessionView):
         if self._closed:
             raise RuntimeError(f"session {self.id} is closed: open it again by id to continue")
         self._core.begin_call()
-        if self._core.resync:  # after an error: learn where the session stands first
-            self._run(lambda: not self._core.resync)
+        if self._core.phase is Phase.RESYNC:  # after an error: learn where it stands first
+            self._run(lambda: self._core.phase is not Phase.RESYNC)
 
     def _connect(self) -> None:
         """Open a stream, send Open, take Opened; resolve an End that may have been lost."""
@@ -305,7 +269,7 @@ class Session(SessionView):
                         return
                 response = stream.recv(self._client.timeout)
                 if response is None:
-                    if core.half_closed:
+                    if core.phase is Phase.HALF_CLOSED:
                         return  # the server finished after our half-close
                     raise ended_unexpectedly()
                 core.on_response(response)
@@ -321,45 +285,6 @@ class Session(SessionView):
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.cancel()
-
-
-class ClientBase:
-    """What ``Client`` and ``AsyncClient`` share without I/O.
-
-    Their settings, the retry rule of unary calls and the cached model list.
-    """
-
-    def __init__(self, address: str, timeout: float | None, max_retries: int, backoff: float):
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
-        self.address = address
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self._models: dict[tuple[str, str], ModelInfo] = {}
-        self._default_model = ""
-
-    def _retry_delay(self, err: grpc.RpcError, failures: int, retry: bool) -> float:
-        """Seconds to wait before retrying a unary call that failed after ``failures`` retries.
-
-        Raises the SDK error instead when it is not retried: not UNAVAILABLE, ``retry``
-        off, or retries spent.
-        """
-        error = from_rpc_error(err)
-        if not retry or not isinstance(error, UnavailableError) or failures >= self.max_retries:
-            raise error from err
-        return backoff_delay(self.backoff, failures + 1)
-
-    def _remember_models(self, response: pb.ListModelsResponse) -> list[ModelInfo]:
-        """Cache a ListModels answer; its models."""
-        infos = [ModelInfo.from_proto(m) for m in response.models]
-        self._default_model = response.default_model
-        self._models = {(m.name, m.version): m for m in infos}
-        return infos
-
-    def _cached_n_features(self, model: str, version: str) -> int | None:
-        """The model's width if the cached model list pins it down, for client-side checks."""
-        return find_n_features(self._models.values(), model or self._default_model, version)
 
 
 class Client(ClientBase):
@@ -497,9 +422,7 @@ class Client(ClientBase):
 
     def health(self, service: str = "") -> str:
         """The standard ``grpc.health.v1`` status: ``"SERVING"``, ``"NOT_SERVING"``, ...."""
-        check = self._channel.unary_unary(
-            HEALTH_CHECK_METHOD, request_serializer=_identity, response_deserializer=_identity
-        )
+        check = health_check_call(self._channel)
         return health_status(self._call(check, health_request(service)))
 
     def close(self) -> None:

@@ -20,7 +20,9 @@ Example::
     from rnnstream.loadgen import LoadSpec, run
 
     result = run(LoadSpec(target="127.0.0.1:50051", streams=16, duration_s=5))
-    print(format_table([result]))
+    print(result.msg_per_s, result.latency_us["p99"])
+
+:mod:`rnnstream.bench_report` prints results as a table and writes them as JSON.
 
 Uses only grpcio, protobuf, numpy and the standard library (it ships with the SDK, so
 ``rnnstream bench`` works from a serving install).
@@ -33,19 +35,16 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
+from rnnstream.proc_cpu import tree_cpu_seconds
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
@@ -288,40 +287,6 @@ def _describe(message: object) -> str:
 
 
 # --- the run ----------------------------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> tuple[float, int]:
-    """(CPU seconds, parent pid) of a process."""
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "; fields[0] is field 3
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return ticks / os.sysconf("SC_CLK_TCK"), int(fields[1])
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and every live descendant (a server that runs workers)."""
-    parents: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            seconds, ppid = _stat_fields(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        cpu[int(entry)] = seconds
-        parents.setdefault(ppid, []).append(int(entry))
-    if pid not in cpu:
-        raise ProcessLookupError(f"no process {pid}")
-    total, todo = 0.0, [pid]
-    for _ in range(len(cpu)):  # bounded walk
-        if not todo:
-            break
-        current = todo.pop()
-        total += cpu.get(current, 0.0)
-        todo.extend(parents.get(current, []))
-    return total
 
 
 class _Phases:
@@ -578,78 +543,3 @@ async def run_async(spec: LoadSpec, protocol: StreamProtocol | None = None) -> L
 def run(spec: LoadSpec, protocol: StreamProtocol | None = None) -> LoadResult:
     """Run one load on a fresh event loop (see :func:`run_async`)."""
     return asyncio.run(run_async(spec, protocol))
-
-
-# --- reporting --------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def format_table(results: Sequence[LoadResult]) -> str:
-    """A plain-text table, one row per result."""
-    header = (
-        "system",
-        "streams",
-        "mode",
-        "k",
-        "msg/s",
-        "steps/s",
-        "p50 us",
-        "p90 us",
-        "p99 us",
-        "srv cpu us/msg",
-        "cli cpu us/msg",
-        "errors",
-    )
-    rows = [header]
-    for r in results:
-        rows.append(
-            (
-                r.label,
-                str(r.streams),
-                "lock-step" if r.window == 1 else f"pipe({r.window})",
-                str(r.steps_per_message),
-                _fmt(r.msg_per_s),
-                _fmt(r.timesteps_per_s),
-                _fmt(r.latency_us["p50"]),
-                _fmt(r.latency_us["p90"]),
-                _fmt(r.latency_us["p99"]),
-                _fmt(r.server_cpu_us_per_msg),
-                _fmt(r.client_cpu_us_per_msg),
-                str(r.errors),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def write_json(
-    path: Path, results: Sequence[LoadResult], meta: dict[str, Any] | None = None
-) -> None:
-    """Write the results (and optional metadata) as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"meta": meta or {}, "results": [r.to_dict() for r in results]}
-    path.write_text(json.dumps(_finite(document), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become None (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

@@ -19,7 +19,7 @@ from bench.harness import aggregate, machine, plot, processes, report, runner, s
 from bench.harness.paths import PLOT, RESULTS, ROOT
 from bench.harness.plan import Settings
 from bench.harness.progress import say
-from rnnstream import loadgen
+from rnnstream import bench_report
 
 
 def parse(argv: Sequence[str] | None) -> Settings:
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
     if settings.out is not None:
         meta["summary"] = [c.__dict__ for c in cells]
         meta["checks"] = checks
-        loadgen.write_json(settings.out, results, meta)
+        bench_report.write_json(settings.out, results, meta)
         say(f"wrote {settings.out}")
     if settings.plot is not None:
         title = (

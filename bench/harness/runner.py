@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.harness.plan import Settings, plan
 from bench.harness.processes import Running, start, tail
 from bench.harness.progress import say
-from rnnstream import loadgen
+from rnnstream import bench_report, loadgen
 
 MAX_RESTARTS = 2
 
@@ -78,7 +78,7 @@ def run_all(
         if result.errors:
             time.sleep(1.0)  # a launcher (serve.py) notices its server's death within 0.2 s
         if settings.out is not None:  # what ran so far survives a crash of the harness
-            loadgen.write_json(settings.out, results, {"partial": True})
+            bench_report.write_json(settings.out, results, {"partial": True})
         if item.process.poll() is not None:
             name = item.system.name
             crashes[name] += 1

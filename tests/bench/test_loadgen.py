@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from bench.echo_server import EchoServicer
-from rnnstream import loadgen
+from rnnstream import bench_report, loadgen, proc_cpu
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 
@@ -67,7 +67,7 @@ def test_real_server_lockstep_and_json(server: object, tmp_path: Path) -> None:
     assert (result.n_features, result.n_outputs) == (2, 3)
     assert result.server_cpu_us_per_msg is not None
     path = tmp_path / "out.json"
-    loadgen.write_json(path, [result], {"note": "test"})
+    bench_report.write_json(path, [result], {"note": "test"})
     document = json.loads(path.read_text())
     assert document["meta"] == {"note": "test"}
     assert document["results"][0]["messages"] == 8
@@ -100,10 +100,10 @@ def test_invalid_spec_says_what_is_wrong() -> None:
 
 def test_table_has_a_row_per_result() -> None:
     result = asyncio.run(_against_echo({"streams": 1, "messages": 3}))
-    lines = loadgen.format_table([result, result]).splitlines()
+    lines = bench_report.format_table([result, result]).splitlines()
     assert len(lines) == 4
     assert "msg/s" in lines[0]
 
 
 def test_tree_cpu_seconds_of_this_process() -> None:
-    assert loadgen.tree_cpu_seconds(os.getpid()) > 0
+    assert proc_cpu.tree_cpu_seconds(os.getpid()) > 0

@@ -107,7 +107,34 @@ def test_an_end_the_server_acted_on_is_not_sent_again():
 def test_half_close_after_everything_is_sent():
     core = opened_core(many=False)
     core.enqueue(np.zeros((5, 2), np.float32))
-    core.closing = True
+    core.close()
     assert core.sendable()[-1] is HALF_CLOSE
     core.on_final(pb.Final(steps=5, y=[0.5], next_step=5))
     assert not core.pending and core.final_y().tolist() == [0.5]
+
+
+def test_a_new_stream_half_closes_again_after_a_drop():
+    core = opened_core(many=True)
+    core.enqueue(np.zeros((2, 2), np.float32))
+    core.close()
+    assert kinds(core.sendable()) == ["steps", None]
+    core.on_opened(pb.Opened(session_id="s", model=INFO, next_step=2))  # resumed
+    assert kinds(core.sendable()) == ["steps", None]
+
+
+def test_a_session_that_failed_while_closing_stays_closed():
+    core = opened_core(many=True)
+    core.close()
+    core.after_error(rnnstream.UnavailableError("gone"))
+    with pytest.raises(RuntimeError, match="closed"):
+        core.begin_call()
+
+
+def test_a_failed_call_resyncs_from_the_next_opened():
+    core = opened_core(many=True)
+    core.enqueue(np.zeros((2, 2), np.float32))
+    core.sendable()
+    core.after_error(rnnstream.UnavailableError("gone"))
+    core.begin_call()  # not closed: the call may go on once the session is resynced
+    core.on_opened(pb.Opened(session_id="s", model=INFO, next_step=7, return_sequences=True))
+    assert core.next_step == 7 and not core.pending and core.seq_steps is None

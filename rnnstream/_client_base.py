@@ -1,0 +1,71 @@
+"""What the blocking and the asyncio client share without I/O.
+
+Their defaults, the reconnect backoff, the retry rule of unary calls and the cached model
+list. ``rnnstream.client`` and ``rnnstream.aio`` both build on :class:`ClientBase`; neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+
+from rnnstream.errors import UnavailableError, from_rpc_error
+from rnnstream.info import ModelInfo
+from rnnstream.v1 import rnnstream_pb2 as pb
+
+DEFAULT_ADDRESS = "localhost:50051"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_CHUNK_SIZE = 64
+MAX_BACKOFF_S = 5.0
+
+
+def backoff_delay(backoff: float, attempt: int) -> float:
+    """Seconds to wait before reconnect ``attempt`` (1-based): exponential, capped."""
+    return float(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S))
+
+
+def find_n_features(models: Iterable[ModelInfo], name: str, version: str) -> int | None:
+    """``n_features`` of ``name`` (``version``, or every version if they agree), else None."""
+    widths = {m.n_features for m in models if m.name == name and version in ("", m.version)}
+    return widths.pop() if len(widths) == 1 else None
+
+
+class ClientBase:
+    """What ``Client`` and ``AsyncClient`` share without I/O.
+
+    Their settings, the retry rule of unary calls and the cached model list.
+    """
+
+    def __init__(self, address: str, timeout: float | None, max_retries: int, backoff: float):
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        self.address = address
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self._models: dict[tuple[str, str], ModelInfo] = {}
+        self._default_model = ""
+
+    def _retry_delay(self, err: grpc.RpcError, failures: int, retry: bool) -> float:
+        """Seconds to wait before retrying a unary call that failed after ``failures`` retries.
+
+        Raises the SDK error instead when it is not retried: not UNAVAILABLE, ``retry``
+        off, or retries spent.
+        """
+        error = from_rpc_error(err)
+        if not retry or not isinstance(error, UnavailableError) or failures >= self.max_retries:
+            raise error from err
+        return backoff_delay(self.backoff, failures + 1)
+
+    def _remember_models(self, response: pb.ListModelsResponse) -> list[ModelInfo]:
+        """Cache a ListModels answer; its models."""
+        infos = [ModelInfo.from_proto(m) for m in response.models]
+        self._default_model = response.default_model
+        self._models = {(m.name, m.version): m for m in infos}
+        return infos
+
+    def _cached_n_features(self, model: str, version: str) -> int | None:
+        """The model's width if the cached model list pins it down, for client-side checks."""
+        return find_n_features(self._models.values(), model or self._default_model, version)
