@@ -99,12 +99,18 @@ class Open(_message.Message):
     RETURN_SEQUENCES_FIELD_NUMBER: _builtins.int
     RETURN_STATE_FIELD_NUMBER: _builtins.int
     IDLE_TTL_S_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name; empty: the server's default model."""
     version: _builtins.str
     """Model version; empty: the latest version."""
     session_id: _builtins.str
-    """Empty: start a new session. Set: resume that session (its state and step count)."""
+    """Empty: start a new session under a server-generated id. Set: resume that session
+    (its state and step count), or, with create, create it under this id if it does not
+    exist. Ids are 16 to 128 characters of [A-Za-z0-9_-]; make them unguessable (the
+    SDK uses 128 random bits). Send the same id as gRPC metadata x-rnnstream-session on
+    every stream and call about the session, so a load balancer can route by it.
+    """
     return_sequences: _builtins.bool
     """true: y_t after every step (many-to-many, Keras' return_sequences=True).
     false: y only in Final, at End or half-close (many-to-one).
@@ -118,6 +124,10 @@ class Open(_message.Message):
     """Seconds this session may wait without a stream before it ends; 0: the server's
     default. At most the server's maximum (--max-idle-ttl-s).
     """
+    create: _builtins.bool
+    """With session_id set: create the session under that id if none exists, resume it if
+    it does (idempotent: a retried create never makes two sessions).
+    """
     def __init__(
         self,
         *,
@@ -127,10 +137,11 @@ class Open(_message.Message):
         return_sequences: _builtins.bool | None = ...,
         return_state: _builtins.bool | None = ...,
         idle_ttl_s: _builtins.float = ...,
+        create: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "_return_state", b"_return_state", "return_sequences", b"return_sequences", "return_state", b"return_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "_return_state", b"_return_state", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences", "_return_state", b"_return_state", "create", b"create", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__return_sequences: _TypeAlias = _typing.Literal["return_sequences"]  # noqa: Y015
     _WhichOneofArgType__return_sequences: _TypeAlias = _typing.Literal["_return_sequences", b"_return_sequences"]  # noqa: Y015
@@ -250,6 +261,7 @@ class Opened(_message.Message):
     RETURN_STATE_FIELD_NUMBER: _builtins.int
     IDLE_TTL_S_FIELD_NUMBER: _builtins.int
     RESTORED_STEP_FIELD_NUMBER: _builtins.int
+    DURABLE_STEP_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Server-generated, unguessable. Keep it to resume after a disconnect."""
     next_step: _builtins.int
@@ -263,6 +275,11 @@ class Opened(_message.Message):
     """Set when the session was restored from a snapshot after a restart: the step its
     state is from. Steps the client sent after it were lost; resend from next_step.
     """
+    durable_step: _builtins.int
+    """The step the session store holds the session's state at: were this server to die
+    now, a resume elsewhere continues from this step. Inputs from this step on are what a
+    client keeps to resend. Unset when the server keeps no store.
+    """
     @_builtins.property
     def model(self) -> Global___ModelInfo: ...
     def __init__(
@@ -275,13 +292,19 @@ class Opened(_message.Message):
         return_state: _builtins.bool = ...,
         idle_ttl_s: _builtins.float = ...,
         restored_step: _builtins.int | None = ...,
+        durable_step: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step", "model", b"model", "restored_step", b"restored_step"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step", "_restored_step", b"_restored_step", "durable_step", b"durable_step", "model", b"model", "restored_step", b"restored_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "next_step", b"next_step", "restored_step", b"restored_step", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step", "_restored_step", b"_restored_step", "durable_step", b"durable_step", "idle_ttl_s", b"idle_ttl_s", "model", b"model", "next_step", b"next_step", "restored_step", b"restored_step", "return_sequences", b"return_sequences", "return_state", b"return_state", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__durable_step: _TypeAlias = _typing.Literal["durable_step"]  # noqa: Y015
+    _WhichOneofArgType__durable_step: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step"]  # noqa: Y015
     _WhichOneofReturnType__restored_step: _TypeAlias = _typing.Literal["restored_step"]  # noqa: Y015
     _WhichOneofArgType__restored_step: _TypeAlias = _typing.Literal["_restored_step", b"_restored_step"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__durable_step) -> _WhichOneofReturnType__durable_step | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__restored_step) -> _WhichOneofReturnType__restored_step | None: ...
 
 Global___Opened: _TypeAlias = Opened  # noqa: Y015
@@ -295,8 +318,11 @@ class Outputs(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     Y_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    DURABLE_STEP_FIELD_NUMBER: _builtins.int
     start: _builtins.int
     """Session-wide index of the first step these outputs belong to."""
+    durable_step: _builtins.int
+    """As Opened.durable_step, when it moved since the session's last answer."""
     @_builtins.property
     def y(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Row-major [n_steps, n_outputs], in the model's output units."""
@@ -311,12 +337,15 @@ class Outputs(_message.Message):
         start: _builtins.int = ...,
         y: _abc.Iterable[_builtins.float] | None = ...,
         state: _abc.Iterable[_builtins.float] | None = ...,
+        durable_step: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step", "durable_step", b"durable_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "state", b"state", "y", b"y"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step", "durable_step", b"durable_step", "start", b"start", "state", b"state", "y", b"y"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__durable_step: _TypeAlias = _typing.Literal["durable_step"]  # noqa: Y015
+    _WhichOneofArgType__durable_step: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__durable_step) -> _WhichOneofReturnType__durable_step | None: ...
 
 Global___Outputs: _TypeAlias = Outputs  # noqa: Y015
 
@@ -330,10 +359,13 @@ class Final(_message.Message):
     Y_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     NEXT_STEP_FIELD_NUMBER: _builtins.int
+    DURABLE_STEP_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     """Number of steps in the sequence that ended."""
     next_step: _builtins.int
     """Session-wide index of the next step."""
+    durable_step: _builtins.int
+    """As Opened.durable_step."""
     @_builtins.property
     def y(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """[n_outputs]: y of the last step (empty when the sequence had no steps)."""
@@ -349,12 +381,15 @@ class Final(_message.Message):
         y: _abc.Iterable[_builtins.float] | None = ...,
         state: _abc.Iterable[_builtins.float] | None = ...,
         next_step: _builtins.int = ...,
+        durable_step: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step", "durable_step", b"durable_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_step", b"next_step", "state", b"state", "steps", b"steps", "y", b"y"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step", "durable_step", b"durable_step", "next_step", b"next_step", "state", b"state", "steps", b"steps", "y", b"y"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__durable_step: _TypeAlias = _typing.Literal["durable_step"]  # noqa: Y015
+    _WhichOneofArgType__durable_step: _TypeAlias = _typing.Literal["_durable_step", b"_durable_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__durable_step) -> _WhichOneofReturnType__durable_step | None: ...
 
 Global___Final: _TypeAlias = Final  # noqa: Y015
 
