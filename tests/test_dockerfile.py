@@ -1,27 +1,17 @@
-"""The Dockerfile lints clean, and its runtime stage's install and start commands work.
+"""The Dockerfile lints clean, and its stages are arranged as the images need.
 
-There is no Docker engine here, so the test replays the runtime image's recipe in a fresh
-virtual environment: COPY the same sources, ``pip install .[server]`` (the build stage's
-default EXTRA), set the stage's ENV, run its ENTRYPOINT + CMD, poll its HEALTHCHECK
-command until healthy, then SIGTERM and expect exit 0. No torch may be installed.
+These read the file only; tests/test_docker_image.py builds the default image and runs it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import venv
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -65,70 +55,23 @@ def test_runtime_stage_is_non_root_with_healthcheck_and_no_torch():
     assert not any("torch" in line or "[train]" in line for line in build + runtime)
 
 
-@pytest.mark.slow
-def test_image_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
-    build, runtime = stage("build"), stage("runtime")
-    src = tmp_path / "src"
-    src.mkdir()
-    for line in instruction(build, "COPY") + instruction(runtime, "COPY"):
-        if line.startswith("--from"):
-            continue
-        *sources, dest = line.split()
-        for source in sources:
-            target = src / (source if dest.startswith("./") or dest.startswith("/") else dest)
-            path = REPO / source
-            if path.is_dir():
-                shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy(path, target if not dest.startswith("/") else src / source)
-    env_root = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_root)
-    bin_dir = env_root / "bin"
-    extra = next(a.split("=", 1)[1] for a in instruction(build, "ARG") if a.startswith("EXTRA="))
-    subprocess.run(
-        [str(bin_dir / "pip"), "install", "--quiet", f".[{extra}]"],
-        cwd=src,
-        check=True,
-        timeout=900,
-    )
-    no_torch = subprocess.run(
-        [str(bin_dir / "python"), "-c", "import torch"], capture_output=True, timeout=60
-    )
-    assert no_torch.returncode != 0, "the serving install pulled in torch"
+def test_default_target_is_the_cpu_runtime_and_needs_no_cuda_base():
+    # BuildKit builds the last stage by default; the legacy builder builds every stage up
+    # to --target, so no stage before runtime may start from the CUDA image.
+    stages = re.findall(r"^FROM (\S+) AS (\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    names = [name for _, name in stages]
+    assert stages[-1][0] == "runtime", "the last stage (the default image) must be FROM runtime"
+    cuda = [name for base, name in stages if "CUDA" in base]
+    assert cuda == ["gpu"]
+    assert names.index("gpu") > names.index("runtime")
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSTREAM_")}
-    for line in instruction(runtime, "ENV"):
-        for key, value in re.findall(r"(\w+)=(\S+)", line):
-            env[key] = value.replace("$PATH", os.environ["PATH"])
-    env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
-    env["RNNSTREAM_MODELS"] = str(src / "models")
-    env.update(
-        RNNSTREAM_HOST="127.0.0.1",
-        RNNSTREAM_PORT=str(port),
-        RNNSTREAM_STATE_DIR=str(tmp_path / "state"),
-    )
-    command = json.loads(instruction(runtime, "ENTRYPOINT")[0]) + json.loads(
-        instruction(runtime, "CMD")[0]
-    )
-    healthcheck = json.loads(instruction(runtime, "HEALTHCHECK")[0].split("CMD", 1)[1])
-    server = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            probe = subprocess.run(
-                healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30
-            )
-            if probe.returncode == 0:
-                break
-            assert server.poll() is None, server.stderr.read() if server.stderr else "server exited"
-            assert time.monotonic() < deadline, probe.stderr
-            time.sleep(0.5)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=30)
-        if server.stderr:
-            server.stderr.close()
+
+@pytest.mark.parametrize("name", ["runtime", "gpu"])
+def test_state_dir_is_a_volume_the_user_owns(name):
+    lines = stage(name)
+    env = " ".join(instruction(lines, "ENV"))
+    state_dir = re.search(r"RNNSTREAM_STATE_DIR=(\S+)", env)
+    assert state_dir, "set RNNSTREAM_STATE_DIR: the default lies under a home the user can't write"
+    assert instruction(lines, "VOLUME") == [state_dir.group(1)]
+    assert any(f"chown rnnstream {state_dir.group(1)}" in run for run in instruction(lines, "RUN"))
+    assert "ORT_DISABLE_TELEMETRY=1" in env
