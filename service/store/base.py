@@ -6,7 +6,7 @@ import abc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from rnnstream.server.store.entry import StoredSession
 from rnnstream.server.store.errors import LeaseLost
@@ -34,7 +34,7 @@ class SessionStore(abc.ABC):
     async def close(self) -> None:
         """Release connections and threads; the store is not used afterwards."""
 
-    async def __aenter__(self) -> SessionStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
