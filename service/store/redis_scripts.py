@@ -3,7 +3,9 @@
 A lease is the hash ``lease:<id>`` {owner, token} with a PEXPIRE of its TTL. Tokens come
 from one counter (``tokens``) that never expires, raised to at least the server's clock in
 microseconds: so a new token is greater than every token issued before, even after a
-Redis without persistence restarted empty. Writes compare the lease's token first.
+Redis without persistence restarted empty. Writes compare the lease's token first. The
+``_MANY`` scripts act on a whole chunk of sessions in one call: one command and one reply
+per chunk, where a pipeline would still pack and parse one command per session.
 """
 
 from __future__ import annotations
@@ -24,18 +26,36 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, text}
 """
 
-# KEYS: lease. ARGV: token, ttl_ms. Returns 1 when extended, 0 when the lease was lost.
-RENEW = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+# KEYS: leases. ARGV: ttl_ms, then one token per lease.
+# Extends each lease whose token matches; returns 1 (extended) or 0 (lost) per lease.
+RENEW_MANY = """
+local extended = {}
+for i, lease in ipairs(KEYS) do
+  if redis.call('HGET', lease, 'token') == ARGV[i + 1] then
+    redis.call('PEXPIRE', lease, ARGV[1])
+    extended[i] = 1
+  else
+    extended[i] = 0
+  end
+end
+return extended
 """
 
-# KEYS: lease, entry. ARGV: token, entry bytes, entry ttl_ms. Returns 1 when written.
-CHECKPOINT = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return 1
+# KEYS: lease and entry of each session, in pairs. ARGV: token, entry bytes, entry ttl_ms
+# of each, in threes. Writes each entry whose lease token matches; returns 1 (written) or
+# 0 (lost) per session.
+CHECKPOINT_MANY = """
+local written = {}
+for i = 1, #KEYS / 2 do
+  local arg = 3 * i - 2
+  if redis.call('HGET', KEYS[2 * i - 1], 'token') == ARGV[arg] then
+    redis.call('SET', KEYS[2 * i], ARGV[arg + 1], 'PX', ARGV[arg + 2])
+    written[i] = 1
+  else
+    written[i] = 0
+  end
+end
+return written
 """
 
 # KEYS: lease, entry or none. ARGV: token, released channel. Deletes the lease (and the

@@ -4,7 +4,7 @@ Keys, under the prefix ``rnnstream:``: ``session:<id>`` the entry (with a PEXPIR
 idle TTL), ``lease:<id>`` the lease, ``tokens`` the token counter. Channels:
 ``handover:<owner>`` carries requests to an owner, ``released:<id>`` announces a release.
 Each operation is one Lua script (``redis_scripts``), registered once and run by sha;
-the ``_many`` variants send one pipeline per chunk of sessions.
+the ``_many`` variants send one script call per chunk of sessions (one round trip).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
@@ -54,8 +54,8 @@ class RedisStore(SessionStore):
         )
         register = self._redis.register_script
         self._acquire = register(redis_scripts.ACQUIRE)
-        self._renew = register(redis_scripts.RENEW)
-        self._checkpoint = register(redis_scripts.CHECKPOINT)
+        self._renew_many = register(redis_scripts.RENEW_MANY)
+        self._checkpoint_many = register(redis_scripts.CHECKPOINT_MANY)
         self._release = register(redis_scripts.RELEASE)
         self._request_handover = register(redis_scripts.REQUEST_HANDOVER)
 
@@ -88,13 +88,17 @@ class RedisStore(SessionStore):
         return Holder(session_id, reply[1].decode(), sent + max(int(reply[2]), 0) / 1000)
 
     async def renew(self, leases: Sequence[Lease], ttl_s: float) -> Renewal:
-        """Extend leases, one pipeline per chunk (see SessionStore.renew)."""
+        """Extend leases, one script call per chunk (see SessionStore.renew)."""
         renewed: list[Lease] = []
         lost: list[Lease] = []
         for chunk in chunks(leases):
             sent = time.time()
-            calls = [(_lease_key(lease.session_id), [lease.token, _ms(ttl_s)]) for lease in chunk]
-            for lease, ok in zip(chunk, await self._pipelined(self._renew, calls), strict=True):
+            with self._reaching():
+                extended = await self._renew_many(
+                    keys=[_lease_key(lease.session_id) for lease in chunk],
+                    args=[_ms(ttl_s), *(lease.token for lease in chunk)],
+                )
+            for lease, ok in zip(chunk, extended, strict=True):
                 if ok:
                     renewed.append(Lease(lease.session_id, lease.owner, lease.token, sent + ttl_s))
                 else:
@@ -119,30 +123,20 @@ class RedisStore(SessionStore):
         return bool(done)
 
     async def checkpoint_many(self, writes: Sequence[tuple[Lease, StoredSession]]) -> list[Lease]:
-        """Conditional writes, one pipeline per chunk (see SessionStore.checkpoint_many)."""
+        """Conditional writes, one script call per chunk (see SessionStore.checkpoint_many)."""
         check_writes(writes)
         lost: list[Lease] = []
         for chunk in chunks(writes):
             now = time.time()
-            calls = [
-                (
-                    _lease_key(lease.session_id),
-                    [lease.token, encode_entry(stored, now), _ms(stored.record.idle_ttl_s)],
-                    _entry_key(lease.session_id),
-                )
-                for lease, stored in chunk
-            ]
-            written = await self._pipelined(self._checkpoint, calls)
+            keys: list[str] = []
+            args: list[int | bytes] = []
+            for lease, stored in chunk:
+                keys += [_lease_key(lease.session_id), _entry_key(lease.session_id)]
+                args += [lease.token, encode_entry(stored, now), _ms(stored.record.idle_ttl_s)]
+            with self._reaching():
+                written = await self._checkpoint_many(keys=keys, args=args)
             lost += [lease for (lease, _), ok in zip(chunk, written, strict=True) if not ok]
         return lost
-
-    async def _pipelined(self, script: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
-        """Run ``script`` once per ``(key, args, *more keys)`` in one pipeline."""
-        with self._reaching():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key, args, *more in calls:
-                    await script(keys=[key, *more], args=args, client=pipe)
-                return list(await pipe.execute())
 
     async def load(self, session_id: str) -> StoredSession | None:
         """GET and decode the entry."""
