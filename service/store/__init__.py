@@ -1,0 +1,62 @@
+"""The session store: where sessions live between steps, so they can move between processes.
+
+Imported as ``rnnstream.server.store``. ``open_store(url, state_dir)`` gives a
+``SessionStore`` for a ``--store`` value: ``redis://HOST:PORT/DB`` (``RedisStore``, shared by
+replicas) or ``local`` / empty (``LocalStore``: SQLite in ``<state_dir>/sessions.sqlite3``,
+shared by the worker processes of one machine). Both keep the contract below; every
+method is a coroutine that never blocks the event loop.
+
+What is stored. A ``StoredSession`` is a session's ``SessionRecord`` plus the
+``GraphIdentity`` of the graph its state belongs to (model, version, onnx sha256,
+n_outputs, state_size). Its ``durable_step`` is the record's ``next_step``: every step
+below it is in the stored state. Entries are a compact, versioned, checksummed binary
+form (``entry``), never pickle; decoding a corrupt or foreign entry raises
+``StoreEntryError`` with the reason. Applying a state to a graph is the caller's
+decision: ``stored.graph.mismatch(served)`` says why it must not, or None.
+
+Ownership is a lease with a fencing token. ``acquire(session_id, owner, ttl_s)`` takes the
+session when no other owner holds a live lease (absent or expired; an owner re-acquiring
+its own gets a fresh token), with a token greater than every token ever issued for it,
+and returns a ``Lease``; otherwise it returns the ``Holder``. ``renew(leases, ttl_s)``
+extends many in one round trip and reports the lost ones. ``release(lease)`` gives it up
+if its token is still the live one.
+
+Every write is conditional on the writer's token. ``checkpoint(lease, stored)`` and
+``checkpoint_many([(lease, stored), ...])`` compare each lease with the live one and
+write only on a match, atomically per entry; a writer whose lease expired or was taken
+over (paused, partitioned) gets ``LeaseLost`` / its lease back as lost, and its write
+changes nothing. ``delete(lease)`` removes the entry and the lease, on the same
+condition. ``load(session_id)`` reads without a lease. An entry expires its record's
+``idle_ttl_s`` after its last checkpoint: the store, not a process, is the session's home.
+
+Hand-over. A process that wants a session another live process owns calls
+``request_handover(session_id, to_owner)``; the owner, listening with
+``async with store.handover_requests(owner) as requests: async for request in requests``,
+finishes its in-flight steps, checkpoints with its token and releases. The requester
+waits with ``wait_released(session_id, timeout_s)`` (bounded by the lease TTL: a lease
+that is not released expires) and then acquires.
+
+Errors: ``StoreUnavailable`` (the store cannot be reached: map it to gRPC UNAVAILABLE),
+``StoreEntryError`` (a corrupt or foreign entry), ``LeaseLost``.
+"""
+
+from rnnstream.server.store.base import SessionStore
+from rnnstream.server.store.entry import GraphIdentity, StoredSession
+from rnnstream.server.store.errors import LeaseLost, StoreEntryError, StoreError, StoreUnavailable
+from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+from rnnstream.server.store.url import open_store
+
+__all__ = [
+    "GraphIdentity",
+    "HandoverRequest",
+    "Holder",
+    "Lease",
+    "LeaseLost",
+    "Renewal",
+    "SessionStore",
+    "StoreEntryError",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredSession",
+    "open_store",
+]

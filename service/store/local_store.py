@@ -1,0 +1,345 @@
+"""``LocalStore``: the session store in one SQLite file, shared by a machine's processes.
+
+``<state_dir>/sessions.sqlite3`` in WAL mode: readers never wait for the writer, and each
+write is a ``BEGIN IMMEDIATE`` transaction, so the lease compare and the write it guards
+are atomic across processes. ``synchronous=NORMAL``: a committed write survives any
+process crash (not necessarily a power cut). Every call runs in a worker thread, so the
+event loop never waits for the disk or for another process's transaction.
+
+Idle expiry: each entry and lease row holds its deadline; reads ignore rows past it and
+writers purge them every ``PURGE_EVERY_S``.
+
+Hand-over requests are rows of ``handovers``. SQLite cannot notify another process, so a
+listener polls every ``poll_s`` (20 ms): one indexed read that takes no lock and writes
+nothing, so it costs a few microseconds of CPU and never delays a checkpoint. A listener
+sees requests made after it started listening; rows are purged after ``HANDOVER_KEEP_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import TypeVar
+
+from rnnstream.server.store.base import SessionStore, check_writes, chunks
+from rnnstream.server.store.entry import StoredSession, decode_entry, encode_entry
+from rnnstream.server.store.errors import LeaseLost, StoreUnavailable
+from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+
+FILE_NAME = "sessions.sqlite3"
+SCHEMA_VERSION = 1
+PURGE_EVERY_S = 10.0
+HANDOVER_KEEP_S = 60.0
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+  session_id TEXT PRIMARY KEY, entry BLOB NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at);
+CREATE TABLE IF NOT EXISTS leases (
+  session_id TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
+  expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
+CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY CHECK (id = 0), last INTEGER NOT NULL);
+INSERT OR IGNORE INTO tokens VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS handovers (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, session_id TEXT NOT NULL,
+  to_owner TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS handovers_owner ON handovers (owner, id);
+"""
+
+_LIVE_LEASE = "SELECT owner, token, expires_at FROM leases WHERE session_id = ? AND expires_at > ?"
+
+
+class LocalStore(SessionStore):
+    """The session store in ``<state_dir>/sessions.sqlite3``; see the module docstring."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0, poll_s: float = 0.02) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self.poll_s = poll_s
+        self._conn: sqlite3.Connection | None = None
+        # One connection per store, used by one worker thread at a time.
+        self._lock = threading.Lock()
+        self._next_purge = 0.0
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``operation`` on the connection in a worker thread."""
+        return await asyncio.to_thread(self._locked, operation)
+
+    def _locked(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                return operation(self._conn)
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+                raise
+            except (sqlite3.DatabaseError, OSError) as e:
+                raise StoreUnavailable(f"session store {self.path}: {e}") from e
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with _writing(conn):
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, SCHEMA_VERSION):
+                    raise StoreUnavailable(
+                        f"session store {self.path} has schema {version}, "
+                        f"this server uses {SCHEMA_VERSION}"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def check(self) -> None:
+        """Open (creating if needed) the database and purge what expired."""
+        await self._run(self._purge)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def purge(self) -> int:
+        """Delete expired entries, leases and old hand-over requests; returns entries deleted."""
+        return await self._run(self._purge)
+
+    def _purge(self, conn: sqlite3.Connection) -> int:
+        now = time.time()
+        self._next_purge = now + PURGE_EVERY_S
+        with _writing(conn):
+            purged = conn.execute("DELETE FROM entries WHERE expires_at <= ?", (now,)).rowcount
+            conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM handovers WHERE created_at <= ?", (now - HANDOVER_KEEP_S,))
+        return int(purged)
+
+    async def acquire(self, session_id: str, owner: str, ttl_s: float) -> Lease | Holder:
+        """Take the lease (see SessionStore.acquire)."""
+
+        def acquire(conn: sqlite3.Connection) -> Lease | Holder:
+            now = time.time()
+            with _writing(conn):
+                held = conn.execute(_LIVE_LEASE, (session_id, now)).fetchone()
+                if held is not None and held[0] != owner:
+                    return Holder(session_id, held[0], held[2])
+                token = conn.execute(
+                    "UPDATE tokens SET last = max(last + 1, ?) RETURNING last", (_clock_us(now),)
+                ).fetchone()
+                conn.execute(
+                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                    (session_id, owner, token[0], now + ttl_s),
+                )
+            return Lease(session_id, owner, int(token[0]), now + ttl_s)
+
+        return await self._run(acquire)
+
+    async def renew(self, leases: Sequence[Lease], ttl_s: float) -> Renewal:
+        """Extend leases, one transaction per chunk (see SessionStore.renew)."""
+
+        def renew(chunk: Sequence[Lease], conn: sqlite3.Connection) -> Renewal:
+            now = time.time()
+            renewed: list[Lease] = []
+            lost: list[Lease] = []
+            with _writing(conn):
+                for lease in chunk:
+                    if _extend(conn, lease, now, ttl_s):
+                        renewed.append(
+                            Lease(lease.session_id, lease.owner, lease.token, now + ttl_s)
+                        )
+                    else:
+                        lost.append(lease)
+            return Renewal(renewed, lost)
+
+        renewals = [await self._run(functools.partial(renew, chunk)) for chunk in chunks(leases)]
+        return Renewal(
+            [lease for r in renewals for lease in r.renewed],
+            [lease for r in renewals for lease in r.lost],
+        )
+
+    async def release(self, lease: Lease) -> bool:
+        """Delete the lease row if its token is live."""
+
+        def release(conn: sqlite3.Connection) -> bool:
+            with _writing(conn):
+                return _drop_lease(conn, lease, time.time())
+
+        return await self._run(release)
+
+    async def delete(self, lease: Lease) -> None:
+        """Delete the entry and the lease if the token is live."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            with _writing(conn):
+                if not _drop_lease(conn, lease, time.time()):
+                    return False
+                conn.execute("DELETE FROM entries WHERE session_id = ?", (lease.session_id,))
+            return True
+
+        if not await self._run(delete):
+            raise LeaseLost(f"session {lease.session_id}: lease {lease.token} is no longer live")
+
+    async def checkpoint_many(self, writes: Sequence[tuple[Lease, StoredSession]]) -> list[Lease]:
+        """Conditional writes, one transaction per chunk (see SessionStore.checkpoint_many)."""
+        check_writes(writes)
+
+        def checkpoint(
+            chunk: Sequence[tuple[Lease, StoredSession]], conn: sqlite3.Connection
+        ) -> list[Lease]:
+            now = time.time()
+            if now >= self._next_purge:
+                self._purge(conn)
+            rows = [(lease, encode_entry(stored, now), stored) for lease, stored in chunk]
+            lost: list[Lease] = []
+            with _writing(conn):
+                for lease, data, stored in rows:
+                    if _live_token(conn, lease.session_id, now) != lease.token:
+                        lost.append(lease)
+                        continue
+                    conn.execute(
+                        "INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
+                        (lease.session_id, data, now + stored.record.idle_ttl_s),
+                    )
+            return lost
+
+        lost: list[Lease] = []
+        for chunk in chunks(writes):
+            lost += await self._run(functools.partial(checkpoint, chunk))
+        return lost
+
+    async def load(self, session_id: str) -> StoredSession | None:
+        """Read and decode the entry, unless it expired."""
+
+        def load(conn: sqlite3.Connection) -> StoredSession | None:
+            row = conn.execute(
+                "SELECT entry FROM entries WHERE session_id = ? AND expires_at > ?",
+                (session_id, time.time()),
+            ).fetchone()
+            return None if row is None else decode_entry(bytes(row[0]))
+
+        return await self._run(load)
+
+    async def request_handover(self, session_id: str, to_owner: str) -> str | None:
+        """Insert a request addressed to the live holder, if any."""
+
+        def request(conn: sqlite3.Connection) -> str | None:
+            now = time.time()
+            with _writing(conn):
+                held = conn.execute(_LIVE_LEASE, (session_id, now)).fetchone()
+                if held is None:
+                    return None
+                conn.execute(
+                    "INSERT INTO handovers (owner, session_id, to_owner, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (held[0], session_id, to_owner, now),
+                )
+            return str(held[0])
+
+        return await self._run(request)
+
+    def handover_requests(
+        self, owner: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[HandoverRequest]]:
+        """Poll for requests to ``owner`` made after entering the context."""
+        return self._handover_inbox(owner)
+
+    @contextlib.asynccontextmanager
+    async def _handover_inbox(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
+        def last_id(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM handovers").fetchone()[0])
+
+        yield self._requests(owner, await self._run(last_id))
+
+    async def _requests(self, owner: str, after: int) -> AsyncIterator[HandoverRequest]:
+        def newer(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+            return conn.execute(
+                "SELECT id, session_id, to_owner FROM handovers WHERE owner = ? AND id > ? "
+                "ORDER BY id",
+                (owner, after),
+            ).fetchall()
+
+        while True:
+            for row_id, session_id, to_owner in await self._run(newer):
+                after = row_id
+                yield HandoverRequest(session_id, to_owner)
+            await asyncio.sleep(self.poll_s)
+
+    async def wait_released(self, session_id: str, timeout_s: float) -> bool:
+        """Poll the lease every ``poll_s`` until it is gone or expired, or the timeout."""
+
+        def held_until(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(_LIVE_LEASE, (session_id, time.time())).fetchone()
+            return None if row is None else float(row[2])
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            until = await self._run(held_until)
+            if until is None:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(self.poll_s, remaining, max(until - time.time(), 0.0)))
+
+
+@contextlib.contextmanager
+def _writing(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the database's write lock at once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    conn.execute("COMMIT")
+
+
+def _clock_us(now: float) -> int:
+    """A new token's floor, the clock in microseconds: above old tokens even in a new file."""
+    return int(now * 1_000_000)
+
+
+def _live_token(conn: sqlite3.Connection, session_id: str, now: float) -> int | None:
+    row = conn.execute(_LIVE_LEASE, (session_id, now)).fetchone()
+    return None if row is None else int(row[1])
+
+
+def _extend(conn: sqlite3.Connection, lease: Lease, now: float, ttl_s: float) -> bool:
+    cursor = conn.execute(
+        "UPDATE leases SET expires_at = ? WHERE session_id = ? AND token = ? AND expires_at > ?",
+        (now + ttl_s, lease.session_id, lease.token, now),
+    )
+    return cursor.rowcount == 1
+
+
+def _drop_lease(conn: sqlite3.Connection, lease: Lease, now: float) -> bool:
+    cursor = conn.execute(
+        "DELETE FROM leases WHERE session_id = ? AND token = ? AND expires_at > ?",
+        (lease.session_id, lease.token, now),
+    )
+    return cursor.rowcount == 1

@@ -1,0 +1,242 @@
+"""``RedisStore``: the session store in one Redis, shared by every replica.
+
+Keys, under the prefix ``rnnstream:``: ``session:<id>`` the entry (with a PEXPIRE of its
+idle TTL), ``lease:<id>`` the lease, ``tokens`` the token counter. Channels:
+``handover:<owner>`` carries requests to an owner, ``released:<id>`` announces a release.
+Each operation is one Lua script (``redis_scripts``), registered once and run by sha;
+the ``_many`` variants send one script call per chunk of sessions (one round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from rnnstream.server.store import redis_scripts
+from rnnstream.server.store.base import SessionStore, check_writes, chunks
+from rnnstream.server.store.entry import StoredSession, decode_entry, encode_entry
+from rnnstream.server.store.errors import LeaseLost, StoreUnavailable
+from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+
+log = logging.getLogger(__name__)
+
+PREFIX = "rnnstream:"
+# How often a blocked pub/sub read wakes up (to notice a cancelled listener promptly).
+_POLL_S = 1.0
+
+
+class RedisStore(SessionStore):
+    """The session store in Redis (``redis://HOST:PORT/DB``); see the package docstring."""
+
+    def __init__(self, url: str, connect_timeout_s: float = 1.0, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self._where = redacted(url)
+        # One retry, at once: a pooled connection that died with a restarted Redis is
+        # replaced transparently; a Redis that is down fails after one connect timeout.
+        self._redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        register = self._redis.register_script
+        self._acquire = register(redis_scripts.ACQUIRE)
+        self._renew_many = register(redis_scripts.RENEW_MANY)
+        self._checkpoint_many = register(redis_scripts.CHECKPOINT_MANY)
+        self._release = register(redis_scripts.RELEASE)
+        self._request_handover = register(redis_scripts.REQUEST_HANDOVER)
+
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Turn connection failures into StoreUnavailable naming the store."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StoreUnavailable(f"session store {self._where}: {e}") from e
+
+    async def check(self) -> None:
+        """PING the server."""
+        with self._reaching():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+    async def acquire(self, session_id: str, owner: str, ttl_s: float) -> Lease | Holder:
+        """Take the lease (see SessionStore.acquire)."""
+        sent = time.time()
+        with self._reaching():
+            reply = await self._acquire(
+                keys=[_lease_key(session_id), PREFIX + "tokens"], args=[owner, _ms(ttl_s)]
+            )
+        if reply[0] == 1:
+            return Lease(session_id, owner, int(reply[1]), sent + ttl_s)
+        return Holder(session_id, reply[1].decode(), sent + max(int(reply[2]), 0) / 1000)
+
+    async def renew(self, leases: Sequence[Lease], ttl_s: float) -> Renewal:
+        """Extend leases, one script call per chunk (see SessionStore.renew)."""
+        renewed: list[Lease] = []
+        lost: list[Lease] = []
+        for chunk in chunks(leases):
+            sent = time.time()
+            with self._reaching():
+                extended = await self._renew_many(
+                    keys=[_lease_key(lease.session_id) for lease in chunk],
+                    args=[_ms(ttl_s), *(lease.token for lease in chunk)],
+                )
+            for lease, ok in zip(chunk, extended, strict=True):
+                if ok:
+                    renewed.append(Lease(lease.session_id, lease.owner, lease.token, sent + ttl_s))
+                else:
+                    lost.append(lease)
+        return Renewal(renewed, lost)
+
+    async def release(self, lease: Lease) -> bool:
+        """Delete the lease if its token is live and announce it."""
+        return await self._release_keys(lease, [_lease_key(lease.session_id)])
+
+    async def delete(self, lease: Lease) -> None:
+        """Delete the entry and the lease if the token is live and announce it."""
+        keys = [_lease_key(lease.session_id), _entry_key(lease.session_id)]
+        if not await self._release_keys(lease, keys):
+            raise LeaseLost(f"session {lease.session_id}: lease {lease.token} is no longer live")
+
+    async def _release_keys(self, lease: Lease, keys: list[str]) -> bool:
+        with self._reaching():
+            done = await self._release(
+                keys=keys, args=[lease.token, _released_channel(lease.session_id)]
+            )
+        return bool(done)
+
+    async def checkpoint_many(self, writes: Sequence[tuple[Lease, StoredSession]]) -> list[Lease]:
+        """Conditional writes, one script call per chunk (see SessionStore.checkpoint_many)."""
+        check_writes(writes)
+        lost: list[Lease] = []
+        for chunk in chunks(writes):
+            now = time.time()
+            keys: list[str] = []
+            args: list[int | bytes] = []
+            for lease, stored in chunk:
+                keys += [_lease_key(lease.session_id), _entry_key(lease.session_id)]
+                args += [lease.token, encode_entry(stored, now), _ms(stored.record.idle_ttl_s)]
+            with self._reaching():
+                written = await self._checkpoint_many(keys=keys, args=args)
+            lost += [lease for (lease, _), ok in zip(chunk, written, strict=True) if not ok]
+        return lost
+
+    async def load(self, session_id: str) -> StoredSession | None:
+        """GET and decode the entry."""
+        with self._reaching():
+            # Replies are bytes: the client is made without decode_responses.
+            data = cast("bytes | None", await self._redis.get(_entry_key(session_id)))
+        return None if data is None else decode_entry(data)
+
+    async def request_handover(self, session_id: str, to_owner: str) -> str | None:
+        """Publish the request on the holder's channel (one script: no race with a release)."""
+        payload = json.dumps({"session_id": session_id, "to_owner": to_owner})
+        with self._reaching():
+            holder = await self._request_handover(
+                keys=[_lease_key(session_id)], args=[PREFIX + "handover:", payload]
+            )
+        return None if holder is None else holder.decode()
+
+    def handover_requests(
+        self, owner: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[HandoverRequest]]:
+        """Subscribe to ``owner``'s channel for the context's lifetime."""
+        return self._handover_inbox(owner)
+
+    @contextlib.asynccontextmanager
+    async def _handover_inbox(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
+        async with self._subscribed(PREFIX + "handover:" + owner) as pubsub:
+            yield self._requests(pubsub)
+
+    async def _requests(self, pubsub: PubSub) -> AsyncIterator[HandoverRequest]:
+        while True:
+            with self._reaching():
+                message = await pubsub.get_message(timeout=_POLL_S)
+            if message is not None:
+                request = _handover_request(message["data"])
+                if request is not None:
+                    yield request
+
+    async def wait_released(self, session_id: str, timeout_s: float) -> bool:
+        """Wait for the release announcement or the lease's expiry, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with self._subscribed(_released_channel(session_id)) as pubsub:
+            while True:
+                with self._reaching():
+                    pttl = await self._redis.pttl(_lease_key(session_id))
+                if pttl == -2:  # no such key: released or expired
+                    return True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                wait = remaining if pttl < 0 else min(remaining, pttl / 1000)
+                with self._reaching():
+                    await pubsub.get_message(timeout=wait)
+
+    @contextlib.asynccontextmanager
+    async def _subscribed(self, channel: str) -> AsyncIterator[PubSub]:
+        """A pub/sub connection subscribed to ``channel`` (confirmed) until exit."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            with self._reaching():
+                await pubsub.subscribe(channel)
+            yield pubsub
+        finally:
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await pubsub.aclose()
+
+
+def _handover_request(data: bytes) -> HandoverRequest | None:
+    """A request from a channel message; None (logged) for one this server did not send."""
+    try:
+        fields = json.loads(data)
+        return HandoverRequest(str(fields["session_id"]), str(fields["to_owner"]))
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring a malformed hand-over request: %r", data[:100])
+        return None
+
+
+def _lease_key(session_id: str) -> str:
+    return PREFIX + "lease:" + session_id
+
+
+def _entry_key(session_id: str) -> str:
+    return PREFIX + "session:" + session_id
+
+
+def _released_channel(session_id: str) -> str:
+    return PREFIX + "released:" + session_id
+
+
+def _ms(seconds: float) -> int:
+    """A Redis TTL in milliseconds: at least 1 (PEXPIRE refuses 0)."""
+    return max(1, round(seconds * 1000))
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

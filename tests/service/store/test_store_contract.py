@@ -1,0 +1,210 @@
+"""The session store contract, run alike against RedisStore (real redis-server) and LocalStore."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import pytest
+
+from rnnstream.server.store import (
+    HandoverRequest,
+    Holder,
+    Lease,
+    LeaseLost,
+    SessionStore,
+    StoredSession,
+    StoreEntryError,
+)
+from tests.service.store.conftest import Backend, stored
+
+
+def run(backend: Backend, test: Callable[[SessionStore], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with backend.open() as store:
+            await store.check()
+            await test(store)
+
+    asyncio.run(main())
+
+
+async def take(store: SessionStore, session_id: str, owner: str, ttl_s: float = 30.0) -> Lease:
+    lease = await store.acquire(session_id, owner, ttl_s)
+    assert isinstance(lease, Lease), lease
+    return lease
+
+
+async def take_when_free(store: SessionStore, session_id: str, owner: str) -> Lease:
+    """Acquire once the current lease has expired (polls; bounded by the test timeout)."""
+    while not isinstance(lease := await store.acquire(session_id, owner, 30.0), Lease):
+        await asyncio.sleep(0.02)
+    return lease
+
+
+def assert_same(a: StoredSession, b: StoredSession) -> None:
+    assert a.graph == b.graph
+    ra, rb = a.record, b.record
+    assert ra.state.tobytes() == rb.state.tobytes()
+    assert (ra.next_step, ra.sequence_steps, ra.replay_start) == (
+        rb.next_step,
+        rb.sequence_steps,
+        rb.replay_start,
+    )
+    assert ra.replay_y is not None and rb.replay_y is not None
+    assert ra.replay_y.tobytes() == rb.replay_y.tobytes()
+
+
+def test_acquire_renew_release(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        lease = await take(store, "s", "A")
+        assert lease.owner == "A" and lease.session_id == "s"
+        held = await store.acquire("s", "B", 30.0)
+        assert isinstance(held, Holder) and held.owner == "A"
+        assert held.expires_at > lease.expires_at - 30.0
+        renewal = await store.renew([lease], 60.0)
+        assert renewal.lost == [] and [r.token for r in renewal.renewed] == [lease.token]
+        assert renewal.renewed[0].expires_at > lease.expires_at
+        assert await store.release(lease)
+        assert not await store.release(lease)
+        assert (await store.renew([lease], 60.0)).lost == [lease]
+        after = await take(store, "s", "B")
+        assert after.token > lease.token
+
+    run(backend, test)
+
+
+def test_tokens_strictly_increase_across_owners_and_after_expiry(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        tokens = [(await take(store, "s", "A", ttl_s=0.05)).token]
+        tokens.append((await take_when_free(store, "s", "B")).token)
+        # The owner re-acquiring its own live lease gets a fresh token too.
+        tokens.append((await take(store, "s", "B")).token)
+        tokens.append((await take(store, "other", "A")).token)
+        assert tokens == sorted(set(tokens))
+
+    run(backend, test)
+
+
+def test_a_paused_old_owner_cannot_write(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        a = await take(store, "s", "A", ttl_s=0.1)
+        await store.checkpoint(a, stored("s", seed=1))
+        # A pauses past its TTL; B takes over and writes.
+        b = await take_when_free(store, "s", "B")
+        await store.checkpoint(b, stored("s", seed=2))
+        with pytest.raises(LeaseLost):
+            await store.checkpoint(a, stored("s", seed=3))
+        assert await store.checkpoint_many([(a, stored("s", seed=3))]) == [a]
+        with pytest.raises(LeaseLost):
+            await store.delete(a)
+        assert not await store.release(a)
+        assert (await store.renew([a, b], 30.0)).lost == [a]
+        back = await store.load("s")
+        assert back is not None
+        assert_same(back, stored("s", seed=2))
+        assert back.durable_step == 12
+
+    run(backend, test)
+
+
+def test_checkpoint_many_of_1000_sessions(backend: Backend) -> None:
+    ids = [f"s{i}" for i in range(1000)]
+
+    async def test(store: SessionStore) -> None:
+        leases = [await take(store, i, "A") for i in ids]
+        released = leases[::100]
+        for lease in released:
+            assert await store.release(lease)
+        writes = [(lease, stored(lease.session_id, seed=n)) for n, lease in enumerate(leases)]
+        assert await store.checkpoint_many(writes) == released
+        for n, session_id in enumerate(ids):
+            back = await store.load(session_id)
+            if n % 100 == 0:
+                assert back is None
+            else:
+                assert back is not None
+                assert_same(back, stored(session_id, seed=n))
+
+    run(backend, test)
+
+
+def test_entries_expire_their_idle_ttl_after_the_last_checkpoint(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        short, long = await take(store, "short", "A"), await take(store, "long", "A")
+        await store.checkpoint_many(
+            [(short, stored("short", idle_ttl_s=0.1)), (long, stored("long", idle_ttl_s=3600))]
+        )
+        kept = await store.load("long")
+        assert kept is not None and kept.checkpointed_at is not None
+        assert kept.expires_at == pytest.approx(kept.checkpointed_at + 3600)
+        while await store.load("short") is not None:
+            await asyncio.sleep(0.02)
+        assert await store.load("long") is not None
+
+    run(backend, test)
+
+
+def test_delete_removes_entry_and_lease(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        lease = await take(store, "s", "A")
+        await store.checkpoint(lease, stored("s"))
+        await store.delete(lease)
+        assert await store.load("s") is None
+        assert await store.wait_released("s", 0.0)
+        assert isinstance(await store.acquire("s", "B", 30.0), Lease)
+
+    run(backend, test)
+
+
+def test_handover_request_reaches_the_owner_and_release_wakes_the_requester(
+    backend: Backend,
+) -> None:
+    async def test(store: SessionStore) -> None:
+        assert await store.request_handover("s", "B") is None  # nobody holds it
+        lease = await take(store, "s", "A")
+        async with store.handover_requests("A") as requests:
+            assert await store.request_handover("s", "B") == "A"
+            request = await anext(aiter(requests))
+            assert request == HandoverRequest("s", "B")
+            waiting = asyncio.create_task(store.wait_released("s", 60.0))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            await store.checkpoint(lease, stored("s", seed=4))
+            assert await store.release(lease)
+            assert await waiting
+        taken = await take(store, "s", "B")
+        assert taken.token > lease.token
+        back = await store.load("s")
+        assert back is not None and back.durable_step == 14
+
+    run(backend, test)
+
+
+def test_wait_released_ends_at_expiry_or_timeout(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        await take(store, "held", "A")
+        assert not await store.wait_released("held", 0.05)
+        await take(store, "lapsing", "A", ttl_s=0.1)
+        assert await store.wait_released("lapsing", 60.0)
+
+    run(backend, test)
+
+
+def test_a_corrupt_entry_raises_store_entry_error(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        lease = await take(store, "s", "A")
+        await store.checkpoint(lease, stored("s"))
+        good = await store.load("s")
+        assert good is not None
+        backend.plant("bad", b"RNSS\x01\x00garbage")
+        with pytest.raises(StoreEntryError, match="shorter than its header"):
+            await store.load("bad")
+        backend.plant("foreign", b"\x80\x04\x95" + bytes(200))  # a pickle, say
+        with pytest.raises(StoreEntryError, match="not a session entry"):
+            await store.load("foreign")
+        # The store is still usable afterwards.
+        back = await store.load("s")
+        assert back is not None and np.array_equal(back.record.state, good.record.state)
+
+    run(backend, test)
