@@ -18,8 +18,9 @@ import gc
 import time
 from collections.abc import Sequence
 
+from rnnstream.server.end_reasons import EndReason
 from rnnstream.server.repository import ModelRepository
-from rnnstream.server.sessions import EndReason, SessionManager
+from rnnstream.server.sessions import SessionManager
 from rnnstream.server.settings import Settings, bundled_models_dir
 
 FULL, OTHER = "seattle-temp", "msft-vol"  # the two bundled models

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnstream.manifest import Manifest
+from rnnstream.server.end_reasons import EndReason
 from rnnstream.server.errors import InvalidArgument, ResourceExhausted
 from rnnstream.server.graph import StepGraph
-from rnnstream.server.sessions import EndReason
 from rnnstream.v1 import rnnstream_pb2 as pb
 
 # Below this many values, element-wise conversion beats numpy's generic sequence path.

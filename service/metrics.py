@@ -55,7 +55,7 @@ class _CoreCollector(Collector):
             "rnnstream_batches", "onnxruntime calls (batches of steps)", labels=["model"]
         )
         for model in sessions.repository.models():
-            steps.add_metric([model.key], model.engine.sequence_steps)
+            steps.add_metric([model.key], model.engine.steps_run)
             batches.add_metric([model.key], model.engine.batches)
         yield steps
         yield batches

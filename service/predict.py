@@ -10,6 +10,7 @@ import asyncio
 
 import numpy as np
 
+from rnnstream.server.engine import StepResult
 from rnnstream.server.repository import LoadedModel
 
 
@@ -17,7 +18,7 @@ async def predict(model: LoadedModel, x: np.ndarray, return_sequences: bool) -> 
     """``x [n, T, F]`` -> ``y [n, T, O]`` (return_sequences) or ``y [n, O]`` (last step)."""
     engine = model.engine
     chunk = engine.max_batch
-    futures = [
+    submitted = [
         engine.submit(
             x[i : i + chunk],
             state=np.broadcast_to(
@@ -26,6 +27,8 @@ async def predict(model: LoadedModel, x: np.ndarray, return_sequences: bool) -> 
         )
         for i in range(0, len(x), chunk)
     ]
-    results = await asyncio.gather(*futures)
+    # Every chunk is submitted before any is awaited: they run (and batch) together.
+    await asyncio.gather(*(ran for ran in submitted if not isinstance(ran, StepResult)))
+    results = [ran if isinstance(ran, StepResult) else ran.result() for ran in submitted]
     y = np.concatenate([r.y for r in results])  # [n, T, O]
     return y if return_sequences else y[:, -1]  # [n, O]

@@ -37,7 +37,6 @@ class LoadedModel:
     path: Path
     sha256: str  # of model.onnx: which graph a saved state row belongs to
     graph: StepGraph
-    sequence: StepGraph | None  # the chunked graph, when the artifact has one
     table: StateTable
     engine: Engine
 
@@ -106,7 +105,7 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         graph.provider,
         " (+ sequence graph)" if sequence is not None else "",
     )
-    return LoadedModel(manifest, directory, sha256, graph, sequence, table, engine)
+    return LoadedModel(manifest, directory, sha256, graph, table, engine)
 
 
 class ModelRepository:

@@ -35,7 +35,7 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rnnstream.server import codec, snapshot
+from rnnstream.server import codec, session_snapshot, snapshot
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.repository import ModelRepository
 from rnnstream.server.servicer import PredictorServicer
@@ -411,7 +411,7 @@ async def save_snapshot(sessions: SessionManager, settings: Settings) -> None:
     path = settings.snapshot_path
     if path is None:
         return
-    groups = sessions.snapshot()
+    groups = session_snapshot.take(sessions)
     loop = asyncio.get_running_loop()
     count = await loop.run_in_executor(None, snapshot.write, path, groups)
     log.info("snapshot: %d sessions written to %s", count, path)
@@ -427,7 +427,7 @@ def restore_snapshot(sessions: SessionManager, settings: Settings) -> None:
     except (OSError, ValueError, KeyError) as exc:
         log.error("snapshot %s is unreadable, starting without it: %s", path, exc)
         return
-    restored = sessions.restore(groups)
+    restored = session_snapshot.restore(sessions, groups)
     age = time.time() - written_at
     log.info(
         "restored %d sessions from %s (written %.1fs ago); %d refused",

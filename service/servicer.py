@@ -18,19 +18,22 @@ from typing import Any, TypeVar
 import grpc
 
 from rnnstream.server import codec
+from rnnstream.server.end_reasons import END_MESSAGES, EndReason
 from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
 from rnnstream.server.repository import ModelRepository
-from rnnstream.server.sessions import END_MESSAGES, EndReason, Session, SessionManager, StreamHandle
+from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.settings import Settings
+from rnnstream.server.stream_handle import StreamHandle
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-# The end-of-stream marker of ServicerContext.read() (grpc-stubs does not declare it).
-_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+# What ServicerContext.read() returns once the client half-closed its requests (grpc-stubs
+# does not declare it).
+GRPC_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -218,7 +221,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     ) -> pb.Open | None:
         """The stream's first message, which must be Open (None: the client left at once)."""
         request = await context.read()
-        if request is _EOF:
+        if request is GRPC_EOF:
             return None
         kind = "steps" if isinstance(request, codec.StepsFrame) else request.WhichOneof("kind")
         if kind != "open":
@@ -253,7 +256,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         max_steps = self.settings.max_steps_per_message
         while True:
             request = await context.read()
-            if request is _EOF:
+            if request is GRPC_EOF:
                 if session.sequence_steps and session.ended is None:
                     await _write(context, handle, await self._final(session, reset=False))
                 return

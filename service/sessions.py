@@ -1,31 +1,35 @@
-"""Sessions: per-client recurrent state that outlives any one stream.
+"""Sessions: per-client recurrent state that outlives any one stream, and its lifecycle.
 
 A session holds a row of its model's state table, the index of the next step it expects,
-and the last few outputs (to answer retransmissions). Steps are numbered per session: a
-step below ``next_step`` is a retransmission and is not applied again; a step above it
-is a gap and is refused. So a client that reconnects and resends everything it has not
-seen acknowledged loses nothing and double-counts nothing.
+and the last few outputs (``ReplayCache``, to answer retransmissions). Steps are numbered
+per session: a step below ``next_step`` is a retransmission and is not applied again; a
+step above it is a gap and is refused. So a client that reconnects and resends everything
+it has not seen acknowledged loses nothing and double-counts nothing. A session's steps
+run in its model's engine, which writes the row back when they all succeeded; the step
+counters move in the same event-loop callback, so the row and ``next_step`` always agree.
 
 A session has at most one live stream (``StreamHandle``); an Open that resumes it takes it
 over and the old stream ends as superseded. A session without a stream waits ``idle_ttl_s``
 to be resumed; at capacity the least recently used idle session is evicted.
 
-Plain asyncio, no network: the servicer translates protobuf to these calls.
+Plain asyncio, no network: the servicer translates protobuf to these calls. Snapshots of
+sessions are taken and restored by ``session_snapshot``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from rnnstream.server.end_reasons import END_MESSAGES, EndReason
 from rnnstream.server.engine import StepResult
 from rnnstream.server.errors import (
     FailedPrecondition,
@@ -35,80 +39,12 @@ from rnnstream.server.errors import (
     Unavailable,
 )
 from rnnstream.server.expiry import ExpiryQueue
+from rnnstream.server.replay import ReplayCache
 from rnnstream.server.repository import LoadedModel, ModelRepository
 from rnnstream.server.settings import Settings
-from rnnstream.server.snapshot import ModelSessions, SessionRecord
+from rnnstream.server.stream_handle import StreamHandle
 
 log = logging.getLogger(__name__)
-
-
-class EndReason(enum.Enum):
-    """Why a session ended; the values are the wire enum's numbers."""
-
-    CLIENT_END = 1
-    IDLE_TTL = 2
-    DELETED = 3
-    EVICTED = 4
-    DRAINING = 5
-    SUPERSEDED = 6
-
-
-END_MESSAGES = {
-    EndReason.CLIENT_END: "the client ended the session",
-    EndReason.IDLE_TTL: "the session was idle longer than its idle TTL",
-    EndReason.DELETED: "the session was deleted (DeleteSession)",
-    EndReason.EVICTED: "the session was evicted to make room at capacity",
-    EndReason.DRAINING: "the server is shutting down; resume the session on a new connection",
-    EndReason.SUPERSEDED: "another stream resumed this session",
-}
-
-
-class StreamHandle:
-    """The live stream a session is attached to; ``end`` stops it with a reason.
-
-    The servicer creates one per stream around its own task; ending it cancels that task,
-    which then tells its client why and returns. While the servicer is writing a reply
-    (``writing``) the task is not cancelled: a write cut short leaves grpc's send in
-    flight, and the reply saying why the stream ended could not be sent after it. The
-    servicer looks at ``reason`` once the write is done instead; a stream still not done
-    ``write_grace_s`` (--write-grace-s) later (a client that stopped reading) is cut off:
-    cancelled after
-    all, with nothing more written.
-    """
-
-    __slots__ = ("cut_off", "reason", "task", "timer", "write_grace_s", "writing")
-
-    def __init__(self, task: asyncio.Task[object] | None, write_grace_s: float = 5.0) -> None:
-        self.task = task
-        self.write_grace_s = write_grace_s
-        self.reason: EndReason | None = None
-        self.writing = False
-        self.cut_off = False
-        self.timer: asyncio.TimerHandle | None = None
-
-    def end(self, reason: EndReason) -> None:
-        """Stop the stream (once) because its session ended or moved."""
-        if self.reason is None:
-            self.reason = reason
-            if self.task is None:
-                return
-            if self.writing:
-                self.timer = self.task.get_loop().call_later(self.write_grace_s, self._cut_off)
-            else:
-                self.task.cancel()
-
-    def write_done(self) -> None:
-        """The write in flight when the stream was ended finished in time."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _cut_off(self) -> None:
-        """The stream did not finish its write in time: cancel it (see the servicer)."""
-        self.timer = None
-        if self.task is not None and not self.task.done():
-            self.cut_off = True
-            self.task.cancel()
 
 
 @dataclass
@@ -144,10 +80,7 @@ class Session:
         "model",
         "next_step",
         "owner",
-        "pending_state",
-        "replay_start",
-        "replay_states",
-        "replay_y",
+        "replay",
         "restored_step",
         "return_sequences",
         "return_state",
@@ -175,16 +108,13 @@ class Session:
         self.sequence_steps = 0
         self.created = now
         self.last_active = now
+        # The engine's future while a request runs on the engine thread or waits for the
+        # end of a loop iteration; cleared (``_steps_done``) before the future resolves.
         self.inflight: asyncio.Future[StepResult] | None = None
-        # The state row as it was before the step in flight: what a snapshot taken while
-        # the engine runs records, consistent with next_step (not advanced until it ends).
-        self.pending_state: np.ndarray | None = None
         self.restored_step: int | None = None
         self.owner: StreamHandle | None = None
         self.ended: EndReason | None = None
-        self.replay_start = 0
-        self.replay_y: np.ndarray | None = None  # [<= replay_steps, O]
-        self.replay_states: np.ndarray | None = None  # [<= replay_steps, S]
+        self.replay = ReplayCache()
 
     @property
     def live(self) -> bool:
@@ -199,14 +129,14 @@ class Session:
     @property
     def last_y(self) -> np.ndarray | None:
         """``[O]`` of the sequence's last step (kept in the replay cache), or None."""
-        if self.sequence_steps == 0 or self.replay_y is None:
-            return None
-        return self.replay_y[-1]
+        return None if self.sequence_steps == 0 else self.replay.last_y
 
     def state_row(self) -> np.ndarray:
-        """A copy of the state consistent with ``next_step``: ``[S]``."""
-        if self.inflight is not None and self.pending_state is not None:
-            return self.pending_state.copy()
+        """A copy of the state consistent with ``next_step``: ``[S]``.
+
+        That is the table row: a request in flight writes it only when it ends, and
+        ``next_step`` moves in the same event-loop callback.
+        """
         return self.model.table.rows[self.row].copy()
 
 
@@ -243,9 +173,14 @@ class SessionManager:
         self.refused: dict[str, str] = {}
 
     def __len__(self) -> int:
+        """How many sessions are held."""
         return sum(len(sessions) for sessions in self._by_model.values())
 
-    def _find(self, session_id: str) -> Session | None:
+    def __iter__(self) -> Iterator[Session]:
+        """Every session (a copy of the list), each model's least recently active first."""
+        return iter([s for sessions in self._by_model.values() for s in sessions.values()])
+
+    def find(self, session_id: str) -> Session | None:
         """The session with this id, if any (one lookup per served model version)."""
         for sessions in self._by_model.values():
             session = sessions.get(session_id)
@@ -253,13 +188,9 @@ class SessionManager:
                 return session
         return None
 
-    def _all(self) -> list[Session]:
-        """Every session, each model's least recently active first."""
-        return [s for sessions in self._by_model.values() for s in sessions.values()]
-
     def get(self, session_id: str) -> Session:
         """The session with this id, or NotFound saying what to do."""
-        session = self._find(session_id)
+        session = self.find(session_id)
         if session is None and session_id in self.refused:
             raise NotFound(f"session {session_id!r} was not restored: {self.refused[session_id]}")
         if session is None:
@@ -318,7 +249,7 @@ class SessionManager:
             idle_ttl_s=ttl or self.settings.idle_ttl_s,
             now=now,
         )
-        self._add(session)
+        self.add(session)
         log.debug(
             "session opened",
             extra={"session_id": session.id, "model": loaded.key, "event": "open"},
@@ -333,7 +264,7 @@ class SessionManager:
                 "close idle streams or retry later"
             )
 
-    def _add(self, session: Session) -> None:
+    def add(self, session: Session) -> None:
         """Track a new or restored session."""
         self._by_model.setdefault(session.model.key, {})[session.id] = session
         self._expiry.push(session)
@@ -400,13 +331,10 @@ class SessionManager:
 
     async def settle(self, session: Session) -> None:
         """Wait until the session has no step in flight (a stream it moved from may have one)."""
-        while session.inflight is not None:
-            inflight = session.inflight
-            if inflight.done():
-                await asyncio.sleep(0)  # its done-callback (_record) is scheduled: let it run
-                continue
+        # Looped: another stream's step may start as soon as this one ends.
+        while session.inflight is not None and not session.inflight.done():
             with contextlib.suppress(Exception):  # its failure was its own caller's to report
-                await asyncio.shield(inflight)
+                await asyncio.shield(session.inflight)
 
     async def steps(self, session: Session, start: int, x: np.ndarray) -> StepsOutcome:
         """Apply ``x [n, F]`` as steps ``start..start+n-1``; retransmissions are not re-applied."""
@@ -423,29 +351,29 @@ class SessionManager:
         skip = min(session.next_step - start, n)
         new_x = x[skip:] if skip else x
         if skip or len(new_x) == 0:  # (most messages are new steps only: no replay lookup)
-            replayed_from, replayed_y, replayed_states = self._replayed(session, start, skip)
+            manifest = session.model.manifest
+            replayed_from, replayed_y, replayed_states = session.replay.replayed(
+                start, skip, session.return_state, manifest.n_outputs, manifest.state_size
+            )
             if len(new_x) == 0:
                 self._touch(session)
                 return StepsOutcome(replayed_from, replayed_y, replayed_states, applied=0)
-        engine = session.model.engine
-        result = engine.try_run_now(new_x, session.row, session.return_state)
-        if result is not None:  # computed at once on the event loop: nothing was in flight
-            y, states = result.y, result.states  # [n_new, O], [n_new, S]
-            self._advance(session, y, states)
+        # The bookkeeping (_steps_done) runs when the engine writes the row back, even if
+        # this coroutine is cancelled meanwhile (its stream superseded): the row moves on
+        # together with next_step.
+        ran = session.model.engine.submit(
+            new_x[None],
+            rows=np.array([session.row]),
+            want_states=session.return_state,
+            on_done=functools.partial(self._steps_done, session),
+        )
+        if isinstance(ran, StepResult):  # ran at once on the event loop
+            result = ran
         else:
-            session.pending_state = session.model.table.rows[session.row].copy()
-            future = engine.submit(
-                new_x[None], rows=np.array([session.row]), want_states=session.return_state
-            )
-            session.inflight = future
-            # The bookkeeping runs when the engine finishes, even if this coroutine is
-            # cancelled meanwhile (its stream superseded): the row has moved on, so must
-            # next_step.
-            future.add_done_callback(lambda f: self._record(session, f))
-            await asyncio.shield(future)
-            done = future.result()
-            y = done.y[0]  # [n_new, O]
-            states = done.states[0] if done.states is not None else None  # [n_new, S]
+            session.inflight = ran
+            result = await asyncio.shield(ran)
+        y = result.y[0]  # [n_new, O]
+        states = result.states[0] if result.states is not None else None  # [n_new, S]
         if skip == 0:
             return StepsOutcome(start, y, states, applied=len(new_x))
         return StepsOutcome(
@@ -457,72 +385,23 @@ class SessionManager:
             applied=len(new_x),
         )
 
-    def _record(self, session: Session, future: asyncio.Future[StepResult]) -> None:
-        """Settle the session's bookkeeping after the engine ran (or failed) its steps."""
+    def _steps_done(self, session: Session, result: StepResult | None) -> None:
+        """The engine ended the session's request: on success, move the step counters.
+
+        Called on the event loop right after the engine wrote the row back (or left it as
+        it was, on failure, with None): the row and ``next_step`` move together.
+        """
         session.inflight = None
-        before, session.pending_state = session.pending_state, None
-        if future.cancelled() or future.exception() is not None:
-            # Steps that ran before the failure moved the row; next_step did not move, so
-            # put the row back: the client resends them and they must apply once.
-            if before is not None and session.row >= 0:
-                session.model.table.rows[session.row] = before
-        else:
-            result = future.result()
-            self._advance(
-                session, result.y[0], result.states[0] if result.states is not None else None
-            )
+        if result is not None:
+            y = result.y[0]  # [n, O]
+            n = len(y)
+            session.next_step += n
+            session.sequence_steps += n
+            states = result.states[0] if result.states is not None else None
+            session.replay.remember(session.next_step, y, states, self.settings.replay_steps)
+            self._touch(session)
         if session.ended is not None:
             self._release_row(session)
-
-    def _advance(self, session: Session, y: np.ndarray, states: np.ndarray | None) -> None:
-        """The session ran ``len(y)`` more steps: move its step counters and replay cache."""
-        n = len(y)
-        session.next_step += n
-        session.sequence_steps += n
-        self._remember(session, y, states)
-        self._touch(session)
-
-    def _remember(self, session: Session, y: np.ndarray, states: np.ndarray | None) -> None:
-        """Keep the outputs of the last ``replay_steps`` steps to answer retransmissions.
-
-        At least the last step is kept: it is the sequence's answer at End.
-        """
-        keep = max(1, self.settings.replay_steps)
-        if states is not None and session.replay_states is None:
-            session.replay_y = None  # start afresh so cached y and states stay aligned
-        previous_y = session.replay_y
-        session.replay_y = (
-            y[-keep:].copy() if previous_y is None else np.concatenate([previous_y, y])[-keep:]
-        )
-        if states is None:
-            session.replay_states = None
-        else:
-            previous = session.replay_states
-            session.replay_states = (
-                states[-keep:].copy()
-                if previous is None
-                else np.concatenate([previous, states])[-keep:]
-            )
-        session.replay_start = session.next_step - len(session.replay_y)
-
-    def _replayed(
-        self, session: Session, start: int, count: int
-    ) -> tuple[int, np.ndarray, np.ndarray | None]:
-        """Cached outputs of retransmitted steps ``start..start+count-1`` the server still has."""
-        manifest = session.model.manifest
-        empty = np.empty((0, manifest.n_outputs), dtype=np.float32)
-        no_states = np.empty((0, manifest.state_size), np.float32) if session.return_state else None
-        end = start + count
-        if count == 0 or session.replay_y is None:
-            return end, empty, no_states
-        if session.return_state and session.replay_states is None:
-            return end, empty, no_states  # outputs without their states would break the reply
-        first = max(start, session.replay_start)
-        if first >= end:
-            return end, empty, None
-        lo, hi = first - session.replay_start, end - session.replay_start
-        states = session.replay_states[lo:hi] if session.replay_states is not None else None
-        return first, session.replay_y[lo:hi], states
 
     async def end(self, session: Session, reset: bool) -> FinalOutcome:
         """End the current sequence and report it.
@@ -533,7 +412,7 @@ class SessionManager:
         self._check_alive(session)
         await self.settle(session)
         self._check_alive(session)
-        state = session.model.table.rows[session.row].copy() if session.return_state else None
+        state = session.state_row() if session.return_state else None
         outcome = FinalOutcome(
             steps=session.sequence_steps,
             y=session.last_y,
@@ -572,7 +451,7 @@ class SessionManager:
 
     def delete(self, session_id: str) -> bool:
         """DeleteSession: end it now; False when there was no such session."""
-        session = self._find(session_id)
+        session = self.find(session_id)
         if session is None:
             return False
         self.close(session, EndReason.DELETED)
@@ -597,103 +476,15 @@ class SessionManager:
         The sessions themselves stay (a restored server can resume them).
         """
         self.draining = True
-        for session in self._all():
+        for session in self:
             owner = self._drop_owner(session)
             if owner is not None:
                 owner.end(EndReason.DRAINING)
 
     async def settle_all(self) -> None:
         """Wait until no session has a step in flight."""
-        for session in self._all():
+        for session in self:
             await self.settle(session)
-
-    def snapshot(self) -> list[ModelSessions]:
-        """Every session as snapshot records, grouped by model version."""
-        groups: dict[str, ModelSessions] = {}
-        now = self.clock()
-        for session in self._all():
-            loaded = session.model
-            group = groups.get(loaded.key)
-            if group is None:
-                m = loaded.manifest
-                group = groups[loaded.key] = ModelSessions(
-                    m.name, m.version, loaded.sha256, m.n_outputs, m.state_size
-                )
-            group.records.append(
-                SessionRecord(
-                    session_id=session.id,
-                    state=session.state_row(),
-                    next_step=session.next_step,
-                    sequence_steps=session.sequence_steps,
-                    return_sequences=session.return_sequences,
-                    return_state=session.return_state,
-                    idle_ttl_s=session.idle_ttl_s,
-                    age_s=now - session.created,
-                    replay_start=session.replay_start,
-                    replay_y=session.replay_y,
-                    replay_states=session.replay_states,
-                )
-            )
-        return list(groups.values())
-
-    def restore(self, groups: list[ModelSessions]) -> int:
-        """Bring back snapshot sessions whose model version and graph are still served.
-
-        Sessions of a model that is gone or whose graph changed are refused, each with a
-        reason a resuming client is told; their state is never applied to another graph.
-        Returns how many sessions were restored.
-        """
-        now = self.clock()
-        restored = 0
-        for group in groups:
-            reason = self._restore_refusal(group)
-            if reason is not None:
-                self.refused.update(dict.fromkeys((r.session_id for r in group.records), reason))
-                continue
-            loaded = self.repository.get(group.model, group.version)
-            for record in group.records:
-                if loaded.table.free == 0 or self._find(record.session_id) is not None:
-                    self.refused[record.session_id] = "the restored server had no room for it"
-                    continue
-                session = Session(
-                    record.session_id,
-                    loaded,
-                    loaded.table.allocate(),
-                    record.return_sequences,
-                    record.return_state,
-                    record.idle_ttl_s,
-                    now,
-                )
-                session.created = now - record.age_s
-                loaded.table.rows[session.row] = record.state
-                session.next_step = session.restored_step = record.next_step
-                session.sequence_steps = record.sequence_steps
-                session.replay_start = record.replay_start
-                session.replay_y = record.replay_y
-                session.replay_states = record.replay_states
-                self._add(session)
-                restored += 1
-        return restored
-
-    def _restore_refusal(self, group: ModelSessions) -> str | None:
-        """Why a snapshot group cannot be restored, or None when it can."""
-        try:
-            loaded = self.repository.get(group.model, group.version)
-        except NotFound:
-            return f"its model {group.model}/{group.version} is not served any more"
-        if loaded.sha256 != group.onnx_sha256:
-            return (
-                f"its state belongs to another graph of {group.model}/{group.version} "
-                f"(sha256 {group.onnx_sha256[:12]}..., now {loaded.sha256[:12]}...)"
-            )
-        m = loaded.manifest
-        if (m.n_outputs, m.state_size) != (group.n_outputs, group.state_size):
-            return f"its shapes differ from the served {group.model}/{group.version}"
-        return None
-
-    def sessions(self) -> list[Session]:
-        """Every session, each model's least recently active first."""
-        return self._all()
 
     def _evict_one(self, loaded: LoadedModel) -> bool:
         """Evict the least recently used idle session of ``loaded``; False if none can go.
@@ -715,10 +506,12 @@ class SessionManager:
             sessions[session.id] = sessions.pop(session.id)
 
     def _release_row(self, session: Session) -> None:
-        """Give the session's state row back (once)."""
-        if session.row >= 0:
-            session.model.table.release(session.row)
-            session.row = -1
+        """Give an ended session's state row back.
+
+        Called once: by ``close`` when no request is in flight, else when that request
+        ends (no request starts on an ended session).
+        """
+        session.model.table.release(session.row)
 
     def _check_alive(self, session: Session) -> None:
         """Refuse work on a session that has ended."""

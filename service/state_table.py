@@ -5,6 +5,9 @@ a batch with one fancy index and scatters the new state back the same way. The t
 allocated with ``np.zeros`` (calloc): pages of rows never used are never resident, so a
 large capacity costs address space, not memory. Rows are handed out lowest first, which
 keeps the touched part of the table compact.
+
+While a request runs, only its model's engine writes its rows (once, when the request
+ends); between requests the session lifecycle sets rows through ``allocate`` and ``reset``.
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ class StateTable:
         """Rows available."""
         return self._n_free
 
-    def allocate(self) -> int:
-        """Take a free row set to the initial state; ResourceExhausted when none is left."""
+    def allocate(self, state: np.ndarray | None = None) -> int:
+        """Take a free row set to ``state [S]`` (default: the initial state).
+
+        ResourceExhausted when none is left.
+        """
         if self._n_free == 0:
             raise ResourceExhausted(
                 f"all {self.capacity} session rows of this model are in use: end or delete "
@@ -56,7 +62,10 @@ class StateTable:
             )
         self._n_free -= 1
         row = int(self._free[self._n_free])
-        self.reset(row)
+        if state is None:
+            self.reset(row)
+        else:
+            self.rows[row] = state
         return row
 
     def reset(self, row: int) -> None:

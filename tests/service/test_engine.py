@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rnnstream.manifest import Manifest
-from rnnstream.server.engine import Engine, EngineClosed
+from rnnstream.server.engine import Engine, EngineClosed, StepResult
 from rnnstream.server.graph import StepGraph
 from rnnstream.server.state_table import StateTable
 from tests.conftest import TINY
@@ -46,7 +46,7 @@ def test_concurrent_sessions_share_batches_and_match_reference(engine):
         np.testing.assert_allclose(result.y[0], want[i], atol=1e-5)
         np.testing.assert_allclose(engine.table.rows[rows[i]], want_h[i, -1], atol=1e-5)
     # 20 sessions x 6 steps ran in batches of up to 8 sessions, not 120 separate calls
-    assert engine.sequence_steps == 120
+    assert engine.steps_run == 120
     assert engine.batches < 120
 
 
@@ -117,28 +117,46 @@ def test_chunks_run_through_the_sequence_graph_and_match_stepping():
     np.testing.assert_allclose(results["chunked"][1], results["stepped"][1], atol=1e-5)
     assert engines["stepped"].batches == 40  # one call per step (the three sessions share them)
     assert engines["chunked"].batches < 40  # equal-length chunks share sequence-graph calls
-    assert engines["chunked"].sequence_steps == engines["stepped"].sequence_steps == 120
+    assert engines["chunked"].steps_run == engines["stepped"].steps_run == 120
 
 
-def test_small_requests_run_inline_batched_per_loop_iteration(tiny_models: Path):
+def _tiny_engine(tiny_models: Path, inline_max_steps: int = 4, capacity: int = 4) -> Engine:
     directory = tiny_models / "tiny" / "1"
     manifest = Manifest.load(directory)
-    table = StateTable(64, manifest.state_size, np.zeros(manifest.state_size, np.float32))
+    table = StateTable(capacity, manifest.state_size, np.zeros(manifest.state_size, np.float32))
     graph = StepGraph(directory / "model.onnx", manifest)
-    engine = Engine(graph, table, max_batch=8, name="tiny/1", inline_max_steps=4)
-    x = np.random.default_rng(5).standard_normal((12, 3, 2)).astype(np.float32)
+    return Engine(graph, table, 8, "tiny/1", inline_max_steps=inline_max_steps)
+
+
+def test_small_requests_of_one_loop_iteration_share_batches(tiny_models: Path):
+    engine = _tiny_engine(tiny_models, capacity=64)
+    x = np.random.default_rng(5).standard_normal((36, 3, 2)).astype(np.float32)
     want, _ = TINY.run(x)
-    rows = [table.allocate() for _ in range(12)]
+    rows = [engine.table.allocate() for _ in range(36)]
     threads = set()
     engine.on_batch = lambda size: threads.add(threading.get_ident())
 
+    def submit(i):
+        return engine.submit(x[i : i + 1], rows=np.array([rows[i]]))
+
     async def drive():
-        # 12 requests of 3 steps each (inline), submitted in one loop iteration while other
-        # work is queued in it (as when several streams' messages arrive together)
-        asyncio.get_running_loop().call_soon(lambda: None)
-        futures = [engine.submit(x[i : i + 1], rows=np.array([rows[i]])) for i in range(12)]
-        assert not any(f.done() for f in futures)  # they wait for the end of the iteration
-        return await asyncio.gather(*futures)
+        # 12 requests of 3 steps each (inline) in one loop iteration, as when several
+        # streams' messages arrive together: the first runs at once, the rest share batches
+        first = [submit(i) for i in range(12)]
+        assert isinstance(first[0], StepResult)
+        assert not any(f.done() for f in first[1:])  # they wait for the end of the iteration
+        results = [first[0], *await asyncio.gather(*first[1:])]
+        # after an iteration with several, the first of the next waits to share a batch too
+        batches = engine.batches
+        second = [submit(i) for i in range(12, 24)]
+        assert not any(isinstance(r, StepResult) for r in second)
+        results += await asyncio.gather(*second)
+        assert engine.batches - batches == 5  # 36 session-steps in full batches of 8
+        # once requests come alone again, a lone one runs at once again
+        results.append(await submit(24))  # alone in its iteration, but after a busy one
+        results.append(submit(25))
+        assert isinstance(results[-1], StepResult)
+        return results
 
     try:
         results = asyncio.run(drive())
@@ -147,15 +165,6 @@ def test_small_requests_run_inline_batched_per_loop_iteration(tiny_models: Path)
     for i, result in enumerate(results):
         np.testing.assert_allclose(result.y[0], want[i], atol=1e-5)
     assert threads == {threading.get_ident()}  # ran on the event loop's thread
-    assert engine.batches == 5  # 36 session-steps packed into full batches of 8, not 36 calls
-
-
-def _tiny_engine(tiny_models: Path, inline_max_steps: int = 4) -> Engine:
-    directory = tiny_models / "tiny" / "1"
-    manifest = Manifest.load(directory)
-    table = StateTable(4, manifest.state_size, np.zeros(manifest.state_size, np.float32))
-    graph = StepGraph(directory / "model.onnx", manifest)
-    return Engine(graph, table, 8, "tiny/1", inline_max_steps=inline_max_steps)
 
 
 def test_a_lone_small_message_runs_at_once(tiny_models: Path):
@@ -165,66 +174,101 @@ def test_a_lone_small_message_runs_at_once(tiny_models: Path):
     want_y, want_h = TINY.run(x[None])
 
     async def drive():
-        return engine.try_run_now(x, row, want_states=True)
+        return engine.submit(x[None], rows=np.array([row]), want_states=True)
 
     try:
         result = asyncio.run(drive())
     finally:
         engine.close()
-    assert result is not None  # nothing else was queued: computed without a hand-over
-    np.testing.assert_allclose(result.y, want_y[0], atol=1e-5)
-    np.testing.assert_allclose(result.states, want_h[0], atol=1e-5)
+    assert isinstance(result, StepResult)  # computed without a future or a hand-over
+    assert result.states is not None
+    np.testing.assert_allclose(result.y[0], want_y[0], atol=1e-5)
+    np.testing.assert_allclose(result.states[0], want_h[0], atol=1e-5)
     np.testing.assert_allclose(engine.table.rows[row], want_h[0, -1], atol=1e-5)
-    assert engine.batches == 3 and engine.sequence_steps == 3  # no sequence graph: 3 steps
+    assert engine.batches == 3 and engine.steps_run == 3  # no sequence graph: 3 steps
 
 
-def test_run_now_declines_when_there_is_something_to_batch_with(tiny_models: Path):
+def test_large_requests_go_to_the_engine_thread(tiny_models: Path):
     engine = _tiny_engine(tiny_models, inline_max_steps=4)
     row = engine.table.allocate()
-    x = np.ones((2, 2), np.float32)
+    threads = set()
+    engine.on_batch = lambda size: threads.add(threading.get_ident())
 
     async def drive():
-        assert engine.try_run_now(np.ones((5, 2), np.float32), row, False) is None  # too big
-        asyncio.get_running_loop().call_soon(lambda: None)  # another stream's message
-        assert engine.try_run_now(x, row, False) is None
-        await asyncio.sleep(0)
-        future = engine.submit(x[None], rows=np.array([row]))  # queued for this iteration
-        assert engine.try_run_now(x, row, False) is None  # joins it instead
-        await future
+        ran = engine.submit(np.ones((1, 5, 2), np.float32), rows=np.array([row]))
+        assert isinstance(ran, asyncio.Future)  # 5 steps > inline_max_steps
+        return await ran
 
     try:
         asyncio.run(drive())
     finally:
         engine.close()
-    assert engine.sequence_steps == 2  # only the submitted request ran
+    assert threads and threading.get_ident() not in threads
 
 
-def test_run_now_leaves_the_row_as_it_was_when_a_step_fails(tiny_models: Path):
-    engine = _tiny_engine(tiny_models)
+@pytest.mark.parametrize("inline_max_steps", [4, 0])
+def test_a_failing_step_leaves_the_row_as_it_was(tiny_models: Path, inline_max_steps: int):
+    engine = _tiny_engine(tiny_models, inline_max_steps=inline_max_steps)
     row = engine.table.allocate()
     engine.table.rows[row] = 0.25
-    real_run, calls = engine.graph.run, []
+    real_run, seen = engine.graph.run, []
+    done: list[StepResult | None] = []
 
-    def fail_second(x, state):
-        calls.append(1)
-        if len(calls) == 2:
+    def fail_third(x, state):
+        seen.append(engine.table.rows[row].copy())  # what the table holds between steps
+        if len(seen) == 3:
             raise RuntimeError("onnxruntime failed")
         return real_run(x, state)
 
-    engine.graph.run = fail_second  # type: ignore[method-assign]
+    engine.graph.run = fail_third  # type: ignore[method-assign]
 
     async def drive():
         with pytest.raises(RuntimeError, match="onnxruntime failed"):
-            engine.try_run_now(np.ones((3, 2), np.float32), row, want_states=False)
+            ran = engine.submit(
+                np.ones((1, 4, 2), np.float32), rows=np.array([row]), on_done=done.append
+            )
+            await ran  # (raised by submit itself when it ran at once)
 
     try:
         asyncio.run(drive())
     finally:
         engine.close()
-    np.testing.assert_array_equal(engine.table.rows[row], 0.25)  # step 1 ran, nothing written
+    assert len(seen) == 3  # two steps ran, then the third failed:
+    for state in seen:  # the steps that ran carried their state in the request,
+        np.testing.assert_array_equal(state, 0.25)
+    np.testing.assert_array_equal(engine.table.rows[row], 0.25)  # and nothing was written
+    assert done == [None]  # the owner heard of the failure once
 
 
-def test_run_now_uses_the_sequence_graph_for_a_chunk():
+def test_on_done_runs_right_after_the_row_is_written(tiny_models: Path):
+    engine = _tiny_engine(tiny_models, inline_max_steps=0)
+    row = engine.table.allocate()
+    seen = []
+
+    def on_done(result: StepResult | None) -> None:
+        assert result is not None
+        seen.append((engine.table.rows[row].copy(), future.done()))
+
+    async def drive():
+        nonlocal future
+        future = engine.submit(
+            np.ones((1, 6, 2), np.float32), rows=np.array([row]), on_done=on_done
+        )
+        return await future
+
+    future: asyncio.Future[StepResult]
+    try:
+        asyncio.run(drive())
+    finally:
+        engine.close()
+    want = TINY.run(np.ones((1, 6, 2), np.float32))[1][0, -1]
+    assert len(seen) == 1
+    row_at_done, future_done = seen[0]
+    np.testing.assert_allclose(row_at_done, want, atol=1e-5)  # written before on_done,
+    assert not future_done  # which runs before the waiter hears
+
+
+def test_a_lone_chunk_runs_through_the_sequence_graph():
     manifest = Manifest.load(BUNDLED)
     assert manifest.sequence_onnx_file
     step = StepGraph(BUNDLED / manifest.onnx_file, manifest)
@@ -237,12 +281,12 @@ def test_run_now_uses_the_sequence_graph_for_a_chunk():
         row = table.allocate()
 
         async def drive(engine=engine, row=row):
-            return engine.try_run_now(x, row, want_states=False)
+            return engine.submit(x[None], rows=np.array([row]))
 
         result = asyncio.run(drive())
         engine.close()
-        assert result is not None
-        results[name] = (result.y, table.rows[row].copy(), engine.batches)
+        assert isinstance(result, StepResult)
+        results[name] = (result.y[0], table.rows[row].copy(), engine.batches)
     np.testing.assert_allclose(results["chunked"][0], results["stepped"][0], atol=1e-4)
     np.testing.assert_allclose(results["chunked"][1], results["stepped"][1], atol=1e-5)
     assert (results["chunked"][2], results["stepped"][2]) == (1, 16)

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rnnstream.server.end_reasons import EndReason
 from rnnstream.server.errors import ResourceExhausted, Unavailable
 from rnnstream.server.repository import ModelRepository
-from rnnstream.server.sessions import EndReason, SessionManager, StreamHandle
+from rnnstream.server.sessions import SessionManager
 from rnnstream.server.settings import Settings
+from rnnstream.server.stream_handle import StreamHandle
 
 
 class Clock:
@@ -79,7 +81,7 @@ def test_eviction_takes_the_model_own_least_recent_idle_session(manager):
     assert all(s.ended is None for s in [*others, mine[0], mine[2], newest])
     assert len(sessions) == 6
     assert sessions.get(others[0].id) is others[0] and sessions.get(newest.id) is newest
-    assert {s.model.key for s in sessions.sessions()} == {"tiny/1", "tiny-m2o/1"}
+    assert {s.model.key for s in list(sessions)} == {"tiny/1", "tiny-m2o/1"}
 
 
 def test_full_of_live_sessions_is_resource_exhausted(manager):
@@ -168,7 +170,7 @@ def test_resuming_counts_against_the_stream_limit(manager):
         sessions.attach(sessions.open(model, "", "", None, None), StreamHandle(None))
     with pytest.raises(ResourceExhausted, match="--max-streams"):
         sessions.open("", "", idle.id, None, None)
-    live = next(s for s in sessions.sessions() if s.live)
+    live = next(s for s in list(sessions) if s.live)
     assert sessions.open("", "", live.id, None, None) is live  # a takeover adds no stream
 
 

@@ -173,4 +173,4 @@ def test_streams_cancelled_at_any_moment_leave_no_live_session(server, stub):
     while sessions.live_streams and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sessions.live_streams == 0
-    assert not any(s.live for s in sessions.sessions())
+    assert not any(s.live for s in sessions)
