@@ -30,6 +30,7 @@ START_S = 60.0
 # Beyond a run's own bounds: a client that has not reported by then is given up on.
 REPORT_MARGIN_S = 30.0
 POLL_S = 0.5
+EXIT_S = 5.0
 
 
 def run(
@@ -76,17 +77,21 @@ def run(
                 continue
             results[index] = result
     finally:
+        # Clients that all reported are exiting; otherwise (a timeout, Ctrl-C) stop them now.
+        grace_s = EXIT_S if len(results) == len(processes) else 0.0
         for process in processes:
             if process.pid is None:
                 continue  # never started
-            process.join(timeout=5.0)
+            process.join(timeout=grace_s)
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5.0)
         reports.close()
     return combine(
         [
-            results.get(i, failed(part, f"client {i} did not report (its process died?)"))
+            results.get(
+                i, failed(part, f"client {i} did not report (it exited or ran out of time)")
+            )
             for i, part in enumerate(specs)
         ]
     )
