@@ -21,7 +21,9 @@ it), instead of T calls of the step graph.
 
 Small requests run on the event loop itself (handing over to a thread costs more than
 their compute); larger ones on the engine thread, so the event loop keeps doing I/O while
-onnxruntime computes.
+onnxruntime computes. A small request that is the first of its loop iteration runs at
+once, through the same step loop, and its result is returned without a future; the
+others of that iteration share batches at its end.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +51,10 @@ class StepResult:
     states: np.ndarray | None
 
 
+# A request's rows of the state table, one per sequence: an array, or (cheaper to build
+# for a lone row) a tuple or list.
+Rows = np.ndarray | Sequence[int]
+
 # Called on the event loop when a request ends: with its result after its rows were written
 # back, or with None when it failed (its rows untouched).
 OnDone = Callable[[StepResult | None], None]
@@ -59,15 +65,21 @@ class _Request:
     """A queued or running request; ``t`` is how many of its T steps have run."""
 
     x: np.ndarray  # [k, T, F]
-    rows: np.ndarray | None  # [k] rows of the state table, or None: private state only
+    rows: Rows | None  # [k] rows of the state table, or None: private state only
     # [k, S] the request's working state: private from the start, or gathered from ``rows``
     # when its first step runs (None until then) and written back to them at the end.
     state: np.ndarray | None
-    y: np.ndarray  # [k, T, O]
-    states: np.ndarray | None  # [k, T, S] when the caller wants every state
+    want_states: bool  # whether the caller wants every state
+    on_done: OnDone | None
     k: int  # number of sequences
     steps: int  # number of time steps T
-    on_done: OnDone | None
+    chunk: bool  # its first run takes all T steps through the sequence graph
+    # The outputs: ``y [k, T, O]`` and, when wanted, ``states [k, T, S]``. A request of one
+    # step or one chunk takes them from its run's outputs; a longer one fills buffers
+    # allocated at its first step.
+    y: np.ndarray | None = None
+    states: np.ndarray | None = None
+    result: StepResult | None = None  # set when it ended well
     future: asyncio.Future[StepResult] | None = None  # None: run at once, nobody waits
     t: int = 0
     error: BaseException | None = None
@@ -75,12 +87,42 @@ class _Request:
     def working_state(self, table: np.ndarray) -> np.ndarray:
         """``[k, S]``: the state the next step starts from (the table rows, before the first).
 
-        Gathered with ``take``: a copy, like a fancy index, but several times cheaper.
+        Rows are gathered with ``take``: a copy, like a fancy index, but several times
+        cheaper. A lone row is sliced instead (cheaper still): nothing else writes it while
+        its request runs, and ``run()`` reads it before anything could.
         """
         if self.state is not None:
             return self.state
         assert self.rows is not None
-        return table.take(self.rows, 0)
+        if self.k == 1:
+            row = self.rows[0]
+            return table[row : row + 1]
+        return table.take(np.asarray(self.rows), 0)
+
+    def carry(self, y: np.ndarray, state: np.ndarray, chunked: bool) -> None:
+        """Take this request's part of a run's outputs: its new state, its y (and states).
+
+        ``y [k, O]`` and ``state [k, S]`` of one time step, or ``y [k, T, O]`` of a chunk.
+        """
+        self.state = state
+        if chunked:
+            self.y = y
+            self.t = self.steps
+        elif self.steps == 1:  # its outputs are this step's: views, no buffers
+            self.y = y[:, None]
+            if self.want_states:
+                self.states = state[:, None]
+            self.t = 1
+        else:
+            if self.t == 0:
+                self.y = np.empty((self.k, self.steps, y.shape[1]), np.float32)
+                if self.want_states:
+                    self.states = np.empty((self.k, self.steps, state.shape[1]), np.float32)
+            assert self.y is not None
+            self.y[:, self.t] = y
+            if self.states is not None:
+                self.states[:, self.t] = state
+            self.t += 1
 
 
 class EngineClosed(RuntimeError):
@@ -120,18 +162,20 @@ class Engine:
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closing = False
-        # Small requests of the event loop's current iteration: how many came, the ones
-        # queued to run together at its end, and whether the last iteration had several.
+        # Small requests since the end-of-iteration callback was armed (0: none is armed),
+        # the ones queued to run together at that end, whether the last iteration had
+        # several, and the task whose small requests last ran at once without arming it.
         self._inline_count = 0
         self._inline: list[_Request] = []
         self._inline_busy = False
+        self._lone_task: asyncio.Task[object] | None = None
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
     def submit(
         self,
         x: np.ndarray,
-        rows: np.ndarray | None = None,
+        rows: Rows | None = None,
         state: np.ndarray | None = None,
         want_states: bool = False,
         on_done: OnDone | None = None,
@@ -150,6 +194,12 @@ class Engine:
         at once, and the others submitted in that iteration share batches at its end. After
         an iteration that had several, the first waits for the end too: under load every
         small request shares a batch.
+
+        Knowing the end of an iteration takes a callback at its end. A request arms it
+        when it comes from another task than the small request that last ran at once:
+        one task's requests come one after another (a stream's next message waits for
+        the reply to its last), so a lone stream arms nothing, and the first request of
+        another stream in the same iteration arms it for everyone after.
         """
         if self._closing:
             raise EngineClosed(f"engine of {self.name} is closed")
@@ -157,18 +207,14 @@ class Engine:
             raise ValueError("pass exactly one of rows and state")
         k, steps = x.shape[0], x.shape[1]
         request = _Request(
-            x=x,
-            rows=rows,
-            state=None if state is None else np.array(state, dtype=np.float32),
-            y=np.empty((k, steps, self.graph.n_outputs), dtype=np.float32),
-            states=(
-                np.empty((k, steps, self.graph.state_size), dtype=np.float32)
-                if want_states
-                else None
-            ),
-            k=k,
-            steps=steps,
-            on_done=on_done,
+            x,
+            rows,
+            None if state is None else np.array(state, dtype=np.float32),
+            want_states,
+            on_done,
+            k,
+            steps,
+            steps > 1 and not want_states and self.sequence is not None,
         )
         loop = asyncio.get_running_loop()
         if k * steps > self.inline_max_steps:
@@ -177,14 +223,20 @@ class Engine:
                 self._pending.append(request)
                 self._cond.notify()
             return future
+        if self._inline_count == 0 and not self._inline_busy:  # the first of its iteration
+            task = asyncio.current_task(loop)
+            if task is None or task is not self._lone_task:
+                self._lone_task = task
+                self._inline_count = 1
+                loop.call_soon(self._end_iteration)
+            self._run_on_loop([request])
+            if request.error is not None:
+                raise request.error
+            assert request.result is not None
+            return request.result
         self._inline_count += 1
         if self._inline_count == 1:
             loop.call_soon(self._end_iteration)
-            if not self._inline_busy:
-                self._run_on_loop([request])
-                if request.error is not None:
-                    raise request.error
-                return StepResult(y=request.y, states=request.states)
         future = request.future = loop.create_future()
         self._inline.append(request)
         return future
@@ -198,15 +250,17 @@ class Engine:
 
     def _end_iteration(self) -> None:
         """At the end of a loop iteration: run the small requests queued during it, together."""
-        queued, self._inline = self._inline, []
         self._inline_busy = self._inline_count > 1
         self._inline_count = 0
-        self._run_on_loop(queued)
+        if self._inline:
+            queued, self._inline = self._inline, []
+            self._run_on_loop(queued)
 
     def _run_on_loop(self, active: list[_Request]) -> None:
         """Run requests to their end on the event loop, completing each as it finishes."""
+        complete = self._complete
         while active:
-            active = self._advance_safely(active, self._complete)
+            active = self._advance(active, complete)
 
     def _loop(self) -> None:
         """The engine thread: take queued requests, run batches, hand results back."""
@@ -220,18 +274,40 @@ class Engine:
                     self._pending.clear()
                 elif not active:
                     return  # closing and drained
-            active = self._advance_safely(active, self._hand_back)
+            active = self._advance(active, self._hand_back)
 
-    def _advance_safely(
+    def _advance(
         self, active: list[_Request], complete: Callable[[list[_Request]], None]
     ) -> list[_Request]:
-        """``_advance``, but an unexpected error fails the requests at hand, not the engine.
+        """Run fresh chunks whole, then one time step of a batch; complete what finished.
 
-        Without this, one exception outside ``run()`` (a metrics hook) would end the engine
-        thread silently and every later step would wait forever.
+        Returns the requests still running. ``complete`` is called once, last, so an error
+        before it leaves every request at hand unfinished. Such an unexpected error (outside
+        ``run()``: a metrics hook) fails the requests at hand, not the engine: otherwise it
+        would end the engine thread silently and every later step would wait forever.
         """
         try:
-            return self._advance(active, complete)
+            if len(active) == 1:  # a lone request is its own batch (the common case)
+                request = active[0]
+                self._run(active, chunked=request.chunk and request.t == 0)
+                if request.t < request.steps and request.error is None:
+                    return active
+                complete(active)
+                return []
+            finished: list[_Request] = []
+            active = self._run_chunks(active, finished)
+            if active:
+                batch, waiting = self._take_batch(active)
+                self._run(batch)
+                running: list[_Request] = []
+                for request in batch:
+                    ended = request.t == request.steps or request.error is not None
+                    (finished if ended else running).append(request)
+                # Requests left out of this batch go first next time, so none starves.
+                active = waiting + running
+            if finished:
+                complete(finished)
+            return active
         except Exception as exc:
             log.exception("%s: engine error; failing %d requests", self.name, len(active))
             for request in active:
@@ -240,38 +316,14 @@ class Engine:
                 complete(active)
             return []
 
-    def _advance(
-        self, active: list[_Request], complete: Callable[[list[_Request]], None]
-    ) -> list[_Request]:
-        """Run fresh chunks whole, then one time step of a batch; complete what finished.
-
-        Returns the requests still running. ``complete`` is called once, last, so an error
-        before it leaves every request at hand unfinished (and fails them all).
-        """
-        finished: list[_Request] = []
-        if self.sequence is not None:
-            active = self._run_chunks(active, finished)
-        if active:
-            batch, waiting = self._take_batch(active)
-            self._run(batch)
-            running: list[_Request] = []
-            for request in batch:
-                ended = request.t == request.steps or request.error is not None
-                (finished if ended else running).append(request)
-            # Requests left out of this batch go first next time, so none starves.
-            active = waiting + running
-        if finished:
-            complete(finished)
-        return active
-
     def _run_chunks(self, active: list[_Request], finished: list[_Request]) -> list[_Request]:
-        """Run every fresh multi-step request through the sequence graph; return the rest.
+        """Run every fresh chunk through the sequence graph; return the other requests.
 
         Requests of equal length share calls (up to ``max_batch`` sequences each); a
         request that wants every intermediate state, or one already under way, stays on
         the step graph. The requests run here are added to ``finished``.
         """
-        fresh = [r for r in active if r.t == 0 and r.steps > 1 and r.states is None]
+        fresh = [r for r in active if r.chunk and r.t == 0]
         if not fresh:  # (the common case: single steps, or chunks already run)
             return active
         by_length: dict[int, list[_Request]] = {}
@@ -297,7 +349,11 @@ class Engine:
         return batch, []
 
     def _run(self, batch: list[_Request], chunked: bool = False) -> None:
-        """One time step (``chunked``: all T steps) for every request: gather, run, carry."""
+        """One time step (``chunked``: all T steps) for every request: gather, run, carry.
+
+        A request's rows are gathered when its first step runs; later steps start from the
+        state it carries.
+        """
         table = self.table.rows
         if len(batch) == 1:
             request = batch[0]
@@ -317,32 +373,27 @@ class Engine:
             for request in batch:
                 request.error = exc
             return
-        steps = x.shape[1] if chunked else 1
         self.batches += 1
-        self.steps_run += len(x) * steps
+        self.steps_run += len(x) * x.shape[1] if chunked else len(x)
         if self.on_batch is not None:
             self.on_batch(len(x))
+        if len(batch) == 1:
+            batch[0].carry(y, state_out, chunked)
+            return
         offset = 0
         for request in batch:
-            part = slice(offset, offset + request.k)
-            offset += request.k
-            request.state = state_out[part]
-            if chunked:
-                request.y = y[part]  # [k, T, O]
-                request.t = steps
-                continue
-            request.y[:, request.t] = y[part]
-            if request.states is not None:
-                request.states[:, request.t] = state_out[part]
-            request.t += 1
+            end = offset + request.k
+            request.carry(y[offset:end], state_out[offset:end], chunked)
+            offset = end
 
     def _complete(self, finished: list[_Request]) -> None:
         """On the event loop: write succeeded requests' state back, then report every one."""
-        succeeded = [r for r in finished if r.error is None and r.rows is not None]
-        if succeeded:
-            _write_back(self.table.rows, succeeded)
+        _write_back(self.table.rows, finished)
         for request in finished:
-            result = None if request.error is not None else StepResult(request.y, request.states)
+            result: StepResult | None = None
+            if request.error is None:
+                assert request.y is not None
+                result = request.result = StepResult(request.y, request.states)
             if request.on_done is not None:
                 try:
                     request.on_done(result)
@@ -370,17 +421,22 @@ class Engine:
 
 
 def _write_back(table: np.ndarray, requests: list[_Request]) -> None:
-    """Write session requests' working state to their table rows.
+    """Write the working state of the session requests that succeeded to their table rows.
 
     The rows are distinct: a session has one request at a time.
     """
-    if len(requests) > 1:
-        rows = np.concatenate([r.rows for r in requests])
-        table[rows] = np.concatenate([r.state for r in requests])
+    if len(requests) == 1:
+        request = requests[0]
+        if request.error is not None or request.rows is None:
+            return
+        assert request.state is not None
+        if request.k == 1:  # the common lone row: plain indexing is several times cheaper
+            table[request.rows[0]] = request.state[0]
+        else:
+            table[np.asarray(request.rows)] = request.state
         return
-    request = requests[0]
-    assert request.rows is not None and request.state is not None
-    if request.k == 1:  # the common lone row: plain indexing is several times cheaper
-        table[request.rows[0]] = request.state[0]
-    else:
-        table[request.rows] = request.state
+    succeeded = [r for r in requests if r.error is None and r.rows is not None]
+    if succeeded:
+        table[np.concatenate([r.rows for r in succeeded])] = np.concatenate(
+            [r.state for r in succeeded]
+        )

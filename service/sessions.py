@@ -363,7 +363,7 @@ class SessionManager:
         # together with next_step.
         ran = session.model.engine.submit(
             new_x[None],
-            rows=np.array([session.row]),
+            rows=(session.row,),
             want_states=session.return_state,
             on_done=functools.partial(self._steps_done, session),
         )

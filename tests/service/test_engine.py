@@ -322,3 +322,85 @@ def test_the_one_row_path_refuses_what_onnxruntime_refuses(tiny_models: Path):
     for x in (np.zeros((1, 2), np.float64), np.zeros((1, 3), np.float32)):
         with pytest.raises(Exception, match=r"(?i)invalid|dimension|type"):
             graph.run(x, state)
+
+
+def test_a_lone_stream_arms_no_end_of_iteration_callback(tiny_models: Path):
+    engine = _tiny_engine(tiny_models)
+    x = np.random.default_rng(11).standard_normal((5, 1, 2)).astype(np.float32)
+    row = engine.table.allocate()
+    armed = []
+
+    async def drive():
+        loop = asyncio.get_running_loop()
+        call_soon = loop.call_soon
+
+        def counting_call_soon(callback, *args, **kwargs):
+            if callback == engine._end_iteration:
+                armed.append(callback)
+            return call_soon(callback, *args, **kwargs)
+
+        loop.call_soon = counting_call_soon
+        results = []
+        for i in range(5):  # one stream: each message in a later iteration, after its reply
+            results.append(engine.submit(x[i : i + 1], rows=(row,)))
+            await asyncio.sleep(0)
+        return results
+
+    try:
+        results = asyncio.run(drive())
+    finally:
+        engine.close()
+    assert all(isinstance(r, StepResult) for r in results)  # each ran at once
+    assert len(armed) == 1  # only the first, from a task not seen before
+    want_y, want_h = TINY.run(x.reshape(1, 5, 2))
+    np.testing.assert_allclose(np.concatenate([r.y[0] for r in results]), want_y[0], atol=1e-5)
+    np.testing.assert_allclose(engine.table.rows[row], want_h[0, -1], atol=1e-5)
+
+
+def test_other_streams_after_a_lone_one_still_share_batches(tiny_models: Path):
+    engine = _tiny_engine(tiny_models, capacity=8)
+    rows = [engine.table.allocate() for _ in range(5)]
+    x = np.random.default_rng(12).standard_normal((5, 1, 2)).astype(np.float32)
+    ran: list[StepResult | asyncio.Future[StepResult]] = []
+
+    async def stream(i: int) -> None:
+        ran.append(engine.submit(x[i : i + 1], rows=(rows[i],)))
+
+    async def drive():
+        await stream(0)  # a lone stream ran at once
+        await asyncio.sleep(0)
+        batches = engine.batches
+        # four other streams' messages in one iteration: the first runs at once and
+        # arms the end of the iteration, where the other three share one batch
+        await asyncio.gather(*(asyncio.create_task(stream(i)) for i in range(1, 5)))
+        results = [r if isinstance(r, StepResult) else await r for r in ran]
+        return results, engine.batches - batches
+
+    try:
+        results, batches = asyncio.run(drive())
+    finally:
+        engine.close()
+    assert [isinstance(r, StepResult) for r in ran] == [True, True, False, False, False]
+    assert batches == 2
+    want_y, _ = TINY.run(x)
+    np.testing.assert_allclose(np.concatenate([r.y for r in results]), want_y, atol=1e-5)
+
+
+def test_one_step_outputs_have_the_request_shape(tiny_models: Path):
+    engine = _tiny_engine(tiny_models, capacity=8)
+    rows = np.array([engine.table.allocate() for _ in range(3)])
+    x = np.random.default_rng(13).standard_normal((3, 1, 2)).astype(np.float32)
+    want_y, want_h = TINY.run(x)
+
+    async def drive():
+        return engine.submit(x, rows=rows, want_states=True)
+
+    try:
+        result = asyncio.run(drive())
+    finally:
+        engine.close()
+    assert isinstance(result, StepResult) and result.states is not None
+    assert result.y.shape == want_y.shape and result.states.shape == want_h.shape  # [k, 1, .]
+    np.testing.assert_allclose(result.y, want_y, atol=1e-5)
+    np.testing.assert_allclose(result.states, want_h, atol=1e-5)
+    np.testing.assert_allclose(engine.table.rows[rows], want_h[:, -1], atol=1e-5)
