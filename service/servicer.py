@@ -166,13 +166,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             open_ = await self._read_open(context)
             if open_ is None:
                 return
-            session = self.sessions.open(
+            session = await self.sessions.open(
                 open_.model,
                 open_.version,
                 open_.session_id,
                 open_.return_sequences if open_.HasField("return_sequences") else None,
                 open_.return_state if open_.HasField("return_state") else None,
                 open_.idle_ttl_s,
+                create=open_.create,
             )
             # From here on the finally clause detaches, however the stream ends.
             self.sessions.attach(session, handle)

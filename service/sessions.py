@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from rnnstream.server.errors import (
 from rnnstream.server.expiry import ExpiryQueue
 from rnnstream.server.replay import ReplayCache
 from rnnstream.server.repository import LoadedModel, ModelRepository
+from rnnstream.server.session_ids import ID_RULE, check_session_id, new_session_id
 from rnnstream.server.settings import Settings
 from rnnstream.server.stream_handle import StreamHandle
 
@@ -146,7 +146,7 @@ class SessionManager:
     Example (inside a coroutine)::
 
         sessions = SessionManager(repository, settings)
-        s = sessions.open("seattle-temp", "", "", return_sequences=True, return_state=False)
+        s = await sessions.open("seattle-temp", "", "", return_sequences=True, return_state=False)
         out = await sessions.steps(s, start=0, x=np.array([[51.0]], np.float32))
         out.y   # [1, 1]: next hour's temperature
     """
@@ -189,7 +189,11 @@ class SessionManager:
         return None
 
     def get(self, session_id: str) -> Session:
-        """The session with this id, or NotFound saying what to do."""
+        """The session with this id, or NotFound saying what to do.
+
+        An id outside the rule (``session_ids``) is InvalidArgument.
+        """
+        check_session_id(session_id, "session_id")
         session = self.find(session_id)
         if session is None and session_id in self.refused:
             raise NotFound(f"session {session_id!r} was not restored: {self.refused[session_id]}")
@@ -201,7 +205,7 @@ class SessionManager:
             )
         return session
 
-    def open(
+    async def open(
         self,
         model: str,
         version: str,
@@ -209,26 +213,56 @@ class SessionManager:
         return_sequences: bool | None,
         return_state: bool | None,
         idle_ttl_s: float = 0.0,
+        create: bool = False,
     ) -> Session:
-        """A new session (empty ``session_id``) or the existing one to resume.
+        """A new session (empty ``session_id``), or the session ``session_id`` to resume.
 
-        ``return_sequences`` None means the model's default mode (new session) or the
-        session's current mode (resume); ``return_state`` None means off (new) or
-        unchanged (resume); ``idle_ttl_s`` 0 the server's default (new) or the session's
-        current TTL (resume).
+        With ``create`` the session is created under ``session_id`` when none exists, and
+        resumed when it does (a retried create never makes two). ``return_sequences`` None
+        means the model's default mode (new session) or the session's current mode
+        (resume); ``return_state`` None means off (new) or unchanged (resume);
+        ``idle_ttl_s`` 0 the server's default (new) or the session's current TTL (resume).
         """
         if self.draining:
             raise Unavailable("the server is draining: open the session on another server")
         ttl = self._check_ttl(idle_ttl_s)
-        if session_id:
-            existing = self.get(session_id)
-            if existing.owner is None:  # a takeover adds no stream; a resume does
-                self._check_stream_room()
-            session = self._resume(model, version, session_id, return_sequences, return_state)
-            if ttl and ttl != session.idle_ttl_s:
-                session.idle_ttl_s = ttl
-                self._expiry.push(session)  # a shorter TTL must not wait for the old deadline
-            return session
+        if not session_id:
+            if create:
+                raise InvalidArgument(
+                    "Open.create is set without Open.session_id: name the session to create "
+                    f"({ID_RULE}), or leave create unset for a server-generated id"
+                )
+            return self.create(model, version, return_sequences, return_state, ttl)
+        check_session_id(session_id, "Open.session_id")
+        existing = self.find(session_id)
+        if existing is None and (not create or session_id in self.refused):
+            self.get(session_id)  # raises NotFound saying why
+        if existing is None:
+            return self.create(model, version, return_sequences, return_state, ttl, session_id)
+        if existing.owner is None:  # a takeover adds no stream; a resume does
+            self._check_stream_room()
+        session = self._resume(model, version, session_id, return_sequences, return_state)
+        if ttl and ttl != session.idle_ttl_s:
+            session.idle_ttl_s = ttl
+            self._expiry.push(session)  # a shorter TTL must not wait for the old deadline
+        return session
+
+    def create(
+        self,
+        model: str,
+        version: str,
+        return_sequences: bool | None,
+        return_state: bool | None,
+        idle_ttl_s: float = 0.0,
+        session_id: str = "",
+    ) -> Session:
+        """A new session of ``model`` in this process, under ``session_id`` or a new id.
+
+        The arguments mean what they mean for a new session in ``open``.
+        """
+        if self.draining:
+            raise Unavailable("the server is draining: open the session on another server")
+        ttl = self._check_ttl(idle_ttl_s)
         self._check_stream_room()
         loaded = self.repository.get(model, version)
         if loaded.table.free == 0 and not self._evict_one(loaded):
@@ -239,7 +273,7 @@ class SessionManager:
             )
         now = self.clock()
         session = Session(
-            session_id=secrets.token_urlsafe(18),
+            session_id=session_id or new_session_id(),
             model=loaded,
             row=loaded.table.allocate(),
             return_sequences=(
@@ -451,6 +485,7 @@ class SessionManager:
 
     def delete(self, session_id: str) -> bool:
         """DeleteSession: end it now; False when there was no such session."""
+        check_session_id(session_id, "session_id")
         session = self.find(session_id)
         if session is None:
             return False
