@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from rnnstream.server import codec
-from rnnstream.server.end_reasons import END_MESSAGES, EndReason
+from rnnstream.server.end_reasons import EndReason
 from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
@@ -191,14 +191,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 # SessionEnded can follow it, but a status can, queued behind it.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
-                        context.abort(grpc.StatusCode.UNAVAILABLE, END_MESSAGES[handle.reason]),
+                        context.abort(grpc.StatusCode.UNAVAILABLE, handle.message),
                         handle.write_grace_s,
                     )
                 return
             ended = pb.SessionEnded(
                 session_id=session.id,
                 reason=codec.end_reason(handle.reason),
-                message=END_MESSAGES[handle.reason],
+                message=handle.message,
             )
             # The client may be gone already, or not reading: a bounded, best-effort write.
             with contextlib.suppress(Exception):
@@ -244,7 +244,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             return_state=session.return_state,
             idle_ttl_s=session.idle_ttl_s,
             restored_step=session.restored_step,
+            durable_step=self._durable(session),
         )
+
+    @staticmethod
+    def _durable(session: Session) -> int | None:
+        """``durable_step`` for Opened and Final (always sent with a store; now told)."""
+        session.durable_told = session.durable_step
+        return session.durable_step
 
     async def _serve(
         self,
@@ -275,7 +282,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 if session.return_sequences:
                     states = out.states if session.return_state else None
                     # Written as bytes: codec.write_stream_response passes them through.
-                    await _write(context, handle, codec.outputs_bytes(out.start, out.y, states))
+                    durable = session.durable_news()
+                    await _write(
+                        context, handle, codec.outputs_bytes(out.start, out.y, states, durable)
+                    )
                 self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":
                 await _write(context, handle, await self._final(session, reset=request.end.reset))
@@ -299,6 +309,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 y=codec.flat(final.y),
                 state=codec.flat(final.state),
                 next_step=final.next_step,
+                durable_step=self._durable(session),
             )
         )
 
