@@ -1,0 +1,84 @@
+"""Scale-out fixtures: a real redis-server, and server processes sharing it, stopped by pid."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.service.processes import start_process
+from tests.service.store.redis_server import RedisServer
+
+LEASE_TTL_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+Start = Callable[..., tuple[subprocess.Popen[str], str]]
+
+
+@pytest.fixture
+def start_replica(tiny_models: Path, redis_server: RedisServer, tmp_path: Path) -> Iterator[Start]:
+    """Start ``rnnstream serve`` processes on the shared Redis; each is killed at the end."""
+    started: list[tuple[subprocess.Popen[str], threading.Thread]] = []
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.flush()
+
+    def start(*extra: str) -> tuple[subprocess.Popen[str], str]:
+        proc, address = start_process(
+            tiny_models,
+            "",
+            "--store",
+            redis_server.url,
+            "--lease-ttl-s",
+            str(LEASE_TTL_S),
+            "--default-model",
+            "tiny",
+            "--grace-s",
+            "1",
+            *extra,
+        )
+        started.append((proc, drain_stderr(proc)))
+        return proc, address
+
+    yield start
+    for proc, reader in started:
+        stop(proc, reader)
+
+
+def stop(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
+    """Kill the process (if still running), then close its log pipe."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a paused process dies only once continued
+        proc.kill()
+    proc.wait(timeout=30)
+    reader.join(timeout=30)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def drain_stderr(proc: subprocess.Popen[str]) -> threading.Thread:
+    """Keep reading the process's log in a thread, so a full pipe never stalls it."""
+    stream = proc.stderr
+    assert stream is not None
+
+    def read() -> None:
+        for _ in stream:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
