@@ -153,7 +153,7 @@ def test_a_paused_owner_never_applies_another_step(start_replica: Start):
             a_proc.send_signal(signal.SIGCONT)
         # A resumes: its stream must not step the session any more.
         old.send(pb.StreamRequest(steps=pb.Steps(start=4, x=x[4:6].ravel().tolist())))
-        answers = []
+        answers: list[pb.StreamResponse] = []
         with contextlib.suppress(grpc.RpcError):
             answers.extend(old.call)
         old.cancel()
@@ -181,7 +181,7 @@ def test_redis_down_refuses_moves_keeps_owned_sessions_for_a_lease_then_recovers
             with pytest.raises(grpc.RpcError) as err:
                 Duplex(pb_grpc.PredictorStub(b)).open(session_id=sid(400), create=True)
             assert err.value.code() == C.UNAVAILABLE
-            assert "session store cannot be reached" in err.value.details()
+            assert "session store cannot be reached" in (err.value.details() or "")
             # Within its lease the owner keeps serving (renewal fails, but the lease lasts).
             second = outputs_y(owned.steps(2, x[2:3]), 3)
             np.testing.assert_array_equal(np.concatenate([first, second]), want(x)[:3])
@@ -240,7 +240,7 @@ def test_entries_of_another_graph_or_corrupt_are_refused_with_the_reason(
             with pytest.raises(grpc.RpcError) as err:
                 Duplex(stub).open(session_id=session_id, create=True)
             assert err.value.code() == C.NOT_FOUND
-            assert reason in err.value.details()
+            assert reason in (err.value.details() or "")
         x = sequence(5)
         np.testing.assert_array_equal(outputs_y(fine.steps(0, x), 3), want(x))
         fine.half_close()
