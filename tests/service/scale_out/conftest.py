@@ -8,8 +8,11 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.settings import Settings
 from tests.service.processes import start_process
 from tests.service.store.redis_server import RedisServer
 
@@ -27,6 +30,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 Start = Callable[..., tuple[subprocess.Popen[str], str]]
+Reference = Callable[[np.ndarray], np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def want(tiny_models: Path) -> Iterator[Reference]:
+    """The outputs of an uninterrupted run of ``x [T, F]``, in-process from the same graph."""
+    repository = ModelRepository.load(Settings.from_env({}, models=tiny_models, state_dir=""))
+    loaded = repository.get("tiny", "")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        state = loaded.table.initial[None].copy()
+        ys = []
+        for t in range(len(x)):
+            y, state = loaded.graph.run(x[t : t + 1], state)
+            ys.append(y[0])
+        return np.stack(ys)
+
+    yield run
+    repository.close()
 
 
 @pytest.fixture
@@ -70,14 +92,15 @@ def stop(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
         proc.stderr.close()
 
 
-def drain_stderr(proc: subprocess.Popen[str]) -> threading.Thread:
-    """Keep reading the process's log in a thread, so a full pipe never stalls it."""
+def drain_stderr(proc: subprocess.Popen[str], keep: list[str] | None = None) -> threading.Thread:
+    """Keep reading the process's log in a thread (into ``keep``), so a full pipe never stalls."""
     stream = proc.stderr
     assert stream is not None
 
     def read() -> None:
-        for _ in stream:
-            pass
+        for line in stream:
+            if keep is not None:
+                keep.append(line)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()

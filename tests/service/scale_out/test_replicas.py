@@ -5,60 +5,35 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from rnnstream.server.repository import LoadedModel, ModelRepository
-from rnnstream.server.settings import Settings
 from rnnstream.server.snapshot import SessionRecord
 from rnnstream.server.store.entry import GraphIdentity, StoredSession, encode_entry
 from rnnstream.server.store.redis_store import PREFIX
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 from tests.service.duplex import Duplex, outputs_y
-from tests.service.scale_out.conftest import LEASE_TTL_S, Start
+from tests.service.scale_out.conftest import LEASE_TTL_S, Reference, Start
 
 C = grpc.StatusCode
 T = 12
 
 
 def sequence(seed: int) -> np.ndarray:
+    """``T`` steps of input for session ``seed``."""
     return np.random.default_rng(seed).standard_normal((T, 2)).astype(np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_graph(tiny_models: Path) -> Iterator[None]:
-    """The tiny model's step graph in this process, for ``want``."""
-    global _loaded
-    repository = ModelRepository.load(Settings.from_env({}, models=tiny_models, state_dir=""))
-    _loaded = repository.get("tiny", "")
-    yield
-    repository.close()
-
-
-_loaded: LoadedModel | None = None
-
-
-def want(x: np.ndarray) -> np.ndarray:
-    """The outputs of an uninterrupted run, computed in-process from the same graph."""
-    assert _loaded is not None
-    state = _loaded.table.initial[None].copy()
-    ys = []
-    for t in range(len(x)):
-        y, state = _loaded.graph.run(x[t : t + 1], state)
-        ys.append(y[0])
-    return np.stack(ys)
 
 
 def sid(i: int) -> str:
     return f"scale-out-session-{i:08d}"
 
 
-def test_sessions_resumed_on_another_live_replica_continue_exactly(start_replica: Start):
+def test_sessions_resumed_on_another_live_replica_continue_exactly(
+    want: Reference, start_replica: Start
+):
     _, a_address = start_replica()
     _, b_address = start_replica()
     n = 50
@@ -82,7 +57,9 @@ def test_sessions_resumed_on_another_live_replica_continue_exactly(start_replica
             moved.half_close()
 
 
-def test_a_killed_replica_sessions_resume_from_their_last_checkpoint(start_replica: Start):
+def test_a_killed_replica_sessions_resume_from_their_last_checkpoint(
+    want: Reference, start_replica: Start
+):
     a_proc, a_address = start_replica("--snapshot-interval-s", "0.2")
     _, b_address = start_replica()
     n = 10
@@ -111,7 +88,9 @@ def test_a_killed_replica_sessions_resume_from_their_last_checkpoint(start_repli
             stream.half_close()
 
 
-def test_steps_after_the_last_checkpoint_are_resent_from_durable_step(start_replica: Start):
+def test_steps_after_the_last_checkpoint_are_resent_from_durable_step(
+    want: Reference, start_replica: Start
+):
     a_proc, a_address = start_replica("--snapshot-interval-s", "0.2")
     _, b_address = start_replica()
     x = sequence(7)
@@ -135,7 +114,7 @@ def test_steps_after_the_last_checkpoint_are_resent_from_durable_step(start_repl
         stream.half_close()
 
 
-def test_a_paused_owner_never_applies_another_step(start_replica: Start):
+def test_a_paused_owner_never_applies_another_step(want: Reference, start_replica: Start):
     a_proc, a_address = start_replica()
     _, b_address = start_replica()
     x = sequence(3)
@@ -167,7 +146,7 @@ def test_a_paused_owner_never_applies_another_step(start_replica: Start):
 
 
 def test_redis_down_refuses_moves_keeps_owned_sessions_for_a_lease_then_recovers(
-    start_replica: Start, redis_server
+    want: Reference, start_replica: Start, redis_server
 ):
     _, a_address = start_replica()
     _, b_address = start_replica()
@@ -222,7 +201,7 @@ def _entry(session_id: str, sha256: str) -> bytes:
 
 
 def test_entries_of_another_graph_or_corrupt_are_refused_with_the_reason(
-    start_replica: Start, redis_server
+    want: Reference, start_replica: Start, redis_server
 ):
     import redis
 
