@@ -23,7 +23,6 @@ checkpoints every ``--snapshot-interval-s``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from rnnstream.server import session_snapshot
@@ -35,7 +34,7 @@ from rnnstream.server.store import LeaseLost, StoredSession, StoreEntryError, St
 log = logging.getLogger(__name__)
 
 # After the store could not be reached, wait this long before listening again.
-RETRY_S = 1.0
+RETRY_S = 0.25
 
 
 class SessionMover:
@@ -133,24 +132,30 @@ class SessionMover:
         return session
 
     async def hand_over(self, session_id: str) -> None:
-        """Give the session to the process that asked for it (see the module docstring)."""
+        """Give the session to the process that asked for it (see the module docstring).
+
+        When the checkpoint cannot be written (the store is unreachable) the hand-over is
+        undone: the session stays here under its lease, and the asking process is refused
+        rather than given a stale entry.
+        """
         lease = self.ownership.forget(session_id)  # from here on no step applies
-        session = self.sessions.find(session_id)
         if lease is None:
             return
-        try:
-            if session is not None:
-                self.sessions.end_stream_for_move(session)
-                await self.sessions.settle(session)
-                stored = session_snapshot.stored(session, self.sessions.clock())
-                with contextlib.suppress(LeaseLost):  # lost: the store kept the newer write
-                    await self.store.checkpoint(lease, stored)
-        except StoreUnavailable as exc:
-            log.warning("hand-over of session %s: no checkpoint: %s", session_id, exc)
-        finally:
-            if session is not None:
-                self.sessions.forget(session)
-            await self.ownership.release(lease)
+        session = self.sessions.find(session_id)
+        if session is not None:
+            self.sessions.end_stream_for_move(session)
+            await self.sessions.settle(session)
+            stored = session_snapshot.stored(session, self.sessions.clock())
+            try:
+                await self.store.checkpoint(lease, stored)
+            except LeaseLost:
+                pass  # another process owns it already: the store kept the newer write
+            except StoreUnavailable as exc:
+                log.warning("hand-over of session %s undone: %s", session_id, exc)
+                self.ownership.keep_unconfirmed(lease)
+                return
+            self.sessions.forget(session)
+        await self.ownership.release(lease)
         log.debug("session handed over", extra={"session_id": session_id, "event": "handover"})
 
     async def checkpoint(self, everything: bool = False) -> int:

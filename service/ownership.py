@@ -82,6 +82,11 @@ class Ownership:
         self._leases[lease.session_id] = lease
         self._deadlines[lease.session_id] = sent + self.ttl_s * (1 - FENCE_MARGIN)
 
+    def keep_unconfirmed(self, lease: Lease) -> None:
+        """Hold ``lease`` again, not fresh: the next step renews it first (a hand-over undone)."""
+        self._leases[lease.session_id] = lease
+        self._deadlines[lease.session_id] = float("-inf")
+
     def forget(self, session_id: str) -> Lease | None:
         """Stop counting the session as held here (no step applies from now); its lease."""
         self._deadlines.pop(session_id, None)

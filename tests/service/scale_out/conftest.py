@@ -17,6 +17,7 @@ from tests.service.processes import start_process
 from tests.service.store.redis_server import RedisServer
 
 LEASE_TTL_S = 1.0
+DEBUG = False  # print the servers' last log lines after each test
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def want(tiny_models: Path) -> Iterator[Reference]:
 def start_replica(tiny_models: Path, redis_server: RedisServer, tmp_path: Path) -> Iterator[Start]:
     """Start ``rnnstream serve`` processes on the shared Redis; each is killed at the end."""
     started: list[tuple[subprocess.Popen[str], threading.Thread]] = []
+    logs: list[list[str]] = []
     if redis_server.proc is None:
         redis_server.start()
     redis_server.flush()
@@ -73,12 +75,17 @@ def start_replica(tiny_models: Path, redis_server: RedisServer, tmp_path: Path) 
             "1",
             *extra,
         )
-        started.append((proc, drain_stderr(proc)))
+        log: list[str] = []
+        logs.append(log)
+        started.append((proc, drain_stderr(proc, log)))
         return proc, address
 
     yield start
     for proc, reader in started:
         stop(proc, reader)
+    if DEBUG:
+        for log in logs:
+            print("".join(log[-30:]))
 
 
 def stop(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
