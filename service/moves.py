@@ -2,6 +2,7 @@
 
 ``SessionMover`` is what a ``SessionManager`` with a store calls on:
 
+- ``create_here``: a new session under a server-made id takes its lease first.
 - ``bring``: an Open of a session this process does not hold takes its lease
   (``Ownership.take``: the live owner hands it over, or its lease expires), loads its
   entry and restores it here from the entry's step (``restored_step``, ``durable_step``).
@@ -28,6 +29,7 @@ import logging
 from rnnstream.server import session_snapshot
 from rnnstream.server.errors import NotFound, ResourceExhausted
 from rnnstream.server.ownership import Ownership, unreachable
+from rnnstream.server.session_ids import new_session_id
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.store import LeaseLost, StoredSession, StoreEntryError, StoreUnavailable
 
@@ -88,6 +90,28 @@ class SessionMover:
         finally:
             if not lock.locked():
                 self._arrivals.pop(session_id, None)
+
+    async def create_here(
+        self,
+        model: str,
+        version: str,
+        return_sequences: bool | None,
+        return_state: bool | None,
+        idle_ttl_s: float,
+    ) -> Session:
+        """A new session under a server-made id, with its lease (nobody else can hold it)."""
+        session_id = new_session_id()
+        lease = await self.ownership.take(session_id)
+        try:
+            session = self.sessions.create(
+                model, version, return_sequences, return_state, idle_ttl_s, session_id
+            )
+        except BaseException:
+            self.ownership.forget(session_id)
+            await self.ownership.release(lease)
+            raise
+        session.durable_step = 0
+        return session
 
     async def _load(self, session_id: str) -> StoredSession | None:
         """The session's entry; NotFound with the reason when it cannot be used here."""

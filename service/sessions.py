@@ -260,6 +260,10 @@ class SessionManager:
                     "Open.create is set without Open.session_id: name the session to create "
                     f"({ID_RULE}), or leave create unset for a server-generated id"
                 )
+            if self.mover is not None:
+                return await self.mover.create_here(
+                    model, version, return_sequences, return_state, ttl
+                )
             return self.create(model, version, return_sequences, return_state, ttl)
         check_session_id(session_id, "Open.session_id")
         existing = self.find(session_id)

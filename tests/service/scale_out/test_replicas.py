@@ -239,3 +239,21 @@ def test_entries_of_another_graph_or_corrupt_are_refused_with_the_reason(
         x = sequence(5)
         np.testing.assert_array_equal(outputs_y(fine.steps(0, x), 3), want(x))
         fine.half_close()
+
+
+def test_a_session_under_a_server_made_id_steps_and_moves(
+    want: Reference, start_replica: Start
+) -> None:
+    _, a_address = start_replica()
+    _, b_address = start_replica()
+    x = sequence(8)
+    with grpc.insecure_channel(a_address) as a, grpc.insecure_channel(b_address) as b:
+        first = Duplex(pb_grpc.PredictorStub(a))
+        opened = first.open(model="tiny")
+        assert opened.durable_step == 0
+        y1 = outputs_y(first.steps(0, x[:6]), 3)
+        moved = Duplex(pb_grpc.PredictorStub(b))
+        assert moved.open(session_id=opened.session_id).next_step == 6  # resume, no create
+        y2 = outputs_y(moved.steps(6, x[6:]), 3)
+        np.testing.assert_array_equal(np.concatenate([y1, y2]), want(x))
+        moved.half_close()
