@@ -23,6 +23,7 @@ from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Una
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
 from rnnstream.server.repository import ModelRepository
+from rnnstream.server.session_ids import check_session_id
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.settings import Settings
 from rnnstream.server.stream_handle import StreamHandle
@@ -149,7 +150,15 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     async def DeleteSession(  # noqa: N802
         self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteSessionResponse:
-        """End a session now; its live stream, if any, is told why."""
+        """End a session now; its live stream, if any, is told why.
+
+        With a session store a session held by another process is moved here first, so it
+        ends wherever it was (and its store entry goes).
+        """
+        mover = self.sessions.mover
+        if mover is not None and self.sessions.find(request.session_id) is None:
+            check_session_id(request.session_id, "session_id")
+            await mover.bring(request.session_id, False, "", "", None, None, 0.0)
         if not self.sessions.delete(request.session_id):
             self.sessions.get(request.session_id)  # raises NotFound with the message
         return pb.DeleteSessionResponse(deleted=True)

@@ -257,3 +257,20 @@ def test_a_session_under_a_server_made_id_steps_and_moves(
         y2 = outputs_y(moved.steps(6, x[6:]), 3)
         np.testing.assert_array_equal(np.concatenate([y1, y2]), want(x))
         moved.half_close()
+
+
+def test_delete_on_another_replica_ends_the_session_everywhere(start_replica: Start) -> None:
+    _, a_address = start_replica()
+    _, b_address = start_replica()
+    with grpc.insecure_channel(a_address) as a, grpc.insecure_channel(b_address) as b:
+        live = Duplex(pb_grpc.PredictorStub(a))
+        live.open(model="tiny", session_id=sid(600), create=True)
+        live.steps(0, sequence(9)[:2])
+        stub_b = pb_grpc.PredictorStub(b)
+        assert stub_b.DeleteSession(pb.DeleteSessionRequest(session_id=sid(600))).deleted
+        ended = live.recv()  # moved to B, then deleted there
+        assert ended.WhichOneof("kind") == "ended", ended
+        for stub in (pb_grpc.PredictorStub(a), stub_b):
+            with pytest.raises(grpc.RpcError) as err:
+                Duplex(stub).open(session_id=sid(600))
+            assert err.value.code() == C.NOT_FOUND
