@@ -12,8 +12,12 @@ A session has at most one live stream (``StreamHandle``); an Open that resumes i
 over and the old stream ends as superseded. A session without a stream waits ``idle_ttl_s``
 to be resumed; at capacity the least recently used idle session is evicted.
 
-Plain asyncio, no network: the servicer translates protobuf to these calls. Snapshots of
-sessions are taken and restored by ``session_snapshot``.
+Plain asyncio: the servicer translates protobuf to these calls. Snapshots of sessions are
+taken and restored by ``session_snapshot``. With a session store (``--store``) sessions
+also move between processes: every session held here has a lease (``ownership``), a step
+applies only under a fresh one, an Open of a session held elsewhere brings it here and a
+session another process asks for is handed over (``moves``), and ending a session deletes
+its store entry.
 """
 
 from __future__ import annotations
