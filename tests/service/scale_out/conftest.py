@@ -7,12 +7,14 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from rnnstream.server.repository import ModelRepository
 from rnnstream.server.settings import Settings
+from tests.service.duplex import Duplex
 from tests.service.processes import start_process
 from tests.service.store.redis_server import RedisServer
 
@@ -112,3 +114,19 @@ def drain_stderr(proc: subprocess.Popen[str], keep: list[str] | None = None) -> 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     return reader
+
+
+@pytest.fixture(autouse=True)
+def cancel_streams(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Cancel every test stream at the end: an ended call's request thread would linger."""
+    made: list[Duplex] = []
+    init = Duplex.__init__
+
+    def tracked(self: Duplex, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Duplex, "__init__", tracked)
+    yield
+    for stream in made:
+        stream.cancel()
