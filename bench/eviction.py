@@ -35,9 +35,9 @@ def measure(size: int, opens: int) -> tuple[float, float]:
     try:
         sessions = SessionManager(repository, settings)
         for _ in range(size):
-            sessions.open(OTHER, "", "", None, False)  # older, idle: ahead in any LRU order
+            sessions.create(OTHER, "", None, False)  # older, idle: ahead in any LRU order
         for _ in range(size):
-            sessions.open(FULL, "", "", None, False)
+            sessions.create(FULL, "", None, False)
         free = _time_opens(sessions, opens)  # the last rows of the table are still free
         evicting = _time_opens(sessions, opens)  # now full: each Open evicts one
         if sessions.ended_counts[EndReason.EVICTED] != opens:
@@ -54,7 +54,7 @@ def _time_opens(sessions: SessionManager, opens: int) -> float:
     try:
         began = time.perf_counter()
         for _ in range(opens):
-            sessions.open(FULL, "", "", None, False)
+            sessions.create(FULL, "", None, False)
         return (time.perf_counter() - began) / opens
     finally:
         gc.enable()

@@ -67,7 +67,7 @@ async def _measure(models: Path, model: str, count: int, max_batch: int) -> dict
         gc.collect()
         before = rss_bytes()
         began = time.perf_counter()
-        sessions = [manager.open(model, "", "", True, False) for _ in range(count)]
+        sessions = [manager.create(model, "", True, False) for _ in range(count)]
         opened_at = time.perf_counter()
         gc.collect()
         after_open = rss_bytes()

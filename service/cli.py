@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnstream.server.repository import ModelLoadError
     from rnnstream.server.server import Server
     from rnnstream.server.settings import Settings
+    from rnnstream.server.store import StoreError
     from rnnstream.server.supervisor import Supervisor, worker_count
 
     fields = {f.name for f in dataclasses.fields(Settings)}
@@ -69,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
         return Supervisor(settings).run()
     try:
         return asyncio.run(Server(settings).serve())
-    except (ModelLoadError, OSError) as exc:
+    except (ModelLoadError, OSError, StoreError) as exc:
         logging.getLogger("rnnstream").error("%s", exc)
         return 1

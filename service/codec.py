@@ -154,6 +154,7 @@ _STEPS = 0x12  # StreamRequest.steps: field 2, length-delimited
 _START = 0x08  # Steps.start: field 1, varint
 _X = 0x12  # Steps.x: field 2, length-delimited (packed)
 _OUTPUTS = 0x12  # StreamResponse.outputs: field 2, length-delimited
+_DURABLE_STEP = 0x20  # Outputs.durable_step: field 4, varint
 _UINT64 = (1 << 64) - 1
 
 
@@ -180,8 +181,13 @@ def write_stream_response(response: bytes | pb.StreamResponse) -> bytes:
     return response.SerializeToString()
 
 
-def outputs_bytes(start: int, y: np.ndarray, states: np.ndarray | None) -> bytes:
-    """``StreamResponse{outputs: {start, y, state}}`` as protobuf would serialize it."""
+def outputs_bytes(
+    start: int, y: np.ndarray, states: np.ndarray | None, durable_step: int | None = None
+) -> bytes:
+    """``StreamResponse{outputs: {start, y, state, durable_step}}`` as protobuf serializes it.
+
+    ``durable_step`` None leaves the optional field unset.
+    """
     if not 0 <= start <= _UINT64:
         raise ValueError(f"Outputs.start {start} is not a uint64")
     body = b""
@@ -190,6 +196,10 @@ def outputs_bytes(start: int, y: np.ndarray, states: np.ndarray | None) -> bytes
     body += _packed(2, y)
     if states is not None:
         body += _packed(3, states)
+    if durable_step is not None:
+        if not 0 <= durable_step <= _UINT64:
+            raise ValueError(f"Outputs.durable_step {durable_step} is not a uint64")
+        body += bytes((_DURABLE_STEP,)) + _varint(durable_step)
     return bytes((_OUTPUTS,)) + _varint(len(body)) + body
 
 

@@ -5,7 +5,8 @@ the models and serves the Predictor service, ``grpc.health.v1`` and server refle
 ``settings.host:settings.port``; ``port`` and ``address`` say where (``--port 0`` picks a free
 port). ``await server.stop()`` drains: health turns NOT_SERVING, new work is refused, live
 streams are told the server is draining, in-flight steps finish, the sessions are written to
-the state directory, and the metrics endpoint and the engines are closed. ``await
+the state directory (with ``--store``: checkpointed to the store, their leases released),
+and the metrics endpoint and the engines are closed. ``await
 server.serve()`` is ``rnnstream serve``: start, wait for SIGTERM or SIGINT, stop, exit 0.
 
 Each start step registers what undoes it, and stopping undoes the steps in reverse. A step
@@ -37,10 +38,13 @@ from grpc_reflection.v1alpha import reflection
 
 from rnnstream.server import codec, session_snapshot, snapshot
 from rnnstream.server.metrics import Metrics
+from rnnstream.server.moves import SessionMover
+from rnnstream.server.ownership import Ownership
 from rnnstream.server.repository import ModelRepository
 from rnnstream.server.servicer import PredictorServicer
 from rnnstream.server.sessions import SessionManager
 from rnnstream.server.settings import Settings
+from rnnstream.server.store import SessionStore, StoreError, StoreUnavailable, open_store
 from rnnstream.v1 import rnnstream_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -155,9 +159,17 @@ class Server:
         self._repository = repository
         self._undo.push_async_callback(_off_loop, repository.close)
 
-        sessions = SessionManager(repository, settings)
+        mover: SessionMover | None = None
+        if settings.store:
+            store = await open_checked_store(settings)
+            self._undo.push_async_callback(store.close)
+            ownership = Ownership(store, settings.lease_ttl_s)
+            sessions = SessionManager(repository, settings, ownership=ownership)
+            mover = sessions.mover = SessionMover(sessions, ownership)
+        else:
+            sessions = SessionManager(repository, settings)
+            restore_snapshot(sessions, settings)
         self._sessions = sessions
-        restore_snapshot(sessions, settings)
         metrics = Metrics(sessions)
         self._metrics = metrics
         for model in repository.models():
@@ -175,12 +187,16 @@ class Server:
         # fail comes between the two.
         await server.start()
         tasks: list[asyncio.Task[None]] = []
-        self._undo.push_async_callback(self._drain, server, health_servicer, tasks)
+        self._undo.push_async_callback(self._drain, server, health_servicer, tasks, mover)
 
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         tasks.append(asyncio.create_task(_reap(sessions), name="session-reaper"))
-        if settings.snapshot_interval_s > 0:
+        if mover is not None:
+            tasks.append(
+                asyncio.create_task(mover.run(settings.snapshot_interval_s), name="session-moves")
+            )
+        elif settings.snapshot_interval_s > 0:
             tasks.append(
                 asyncio.create_task(
                     _snapshot_periodically(sessions, settings), name="periodic-snapshot"
@@ -195,12 +211,18 @@ class Server:
         )
 
     async def _drain(
-        self, server: grpc.aio.Server, health_servicer: Any, tasks: list[asyncio.Task[None]]
+        self,
+        server: grpc.aio.Server,
+        health_servicer: Any,
+        tasks: list[asyncio.Task[None]],
+        mover: SessionMover | None,
     ) -> None:
         """Undo serving: refuse new work, then write down every session.
 
         Health turns NOT_SERVING, live streams end (DRAINING), in-flight calls get the grace to
-        finish, the background tasks stop, in-flight steps settle, and the snapshot is written.
+        finish, the background tasks stop, in-flight steps settle, and the snapshot is written
+        (with a store: every session is checkpointed and its lease released, so another
+        process takes it at once).
         """
         sessions = self.sessions
         await health_servicer.enter_graceful_shutdown()
@@ -212,7 +234,10 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await sessions.settle_all()
-        await save_snapshot(sessions, self.settings)
+        if mover is not None:
+            await mover.drain()
+        else:
+            await save_snapshot(sessions, self.settings)
 
 
 class BackgroundServer:
@@ -400,6 +425,21 @@ _HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]
     (True, False): grpc.stream_unary_rpc_method_handler,
     (True, True): grpc.stream_stream_rpc_method_handler,
 }
+
+
+async def open_checked_store(settings: Settings) -> SessionStore:
+    """The ``--store`` session store, checked reachable; StoreError in one line if not."""
+    try:
+        store = open_store(settings.store, settings.state_dir)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    try:
+        await store.check()
+    except StoreUnavailable as exc:
+        await store.close()
+        problem = " ".join(str(exc).split())
+        raise StoreUnavailable(f"--store: the session store cannot be used: {problem}") from None
+    return store
 
 
 async def save_snapshot(sessions: SessionManager, settings: Settings) -> None:

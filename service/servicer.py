@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 import grpc
 
 from rnnstream.server import codec
-from rnnstream.server.end_reasons import END_MESSAGES, EndReason
+from rnnstream.server.end_reasons import EndReason
 from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
 from rnnstream.server.repository import ModelRepository
+from rnnstream.server.session_ids import check_session_id
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.settings import Settings
 from rnnstream.server.stream_handle import StreamHandle
@@ -149,7 +150,15 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     async def DeleteSession(  # noqa: N802
         self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteSessionResponse:
-        """End a session now; its live stream, if any, is told why."""
+        """End a session now; its live stream, if any, is told why.
+
+        With a session store a session held by another process is moved here first, so it
+        ends wherever it was (and its store entry goes).
+        """
+        mover = self.sessions.mover
+        if mover is not None and self.sessions.find(request.session_id) is None:
+            check_session_id(request.session_id, "session_id")
+            await mover.bring(request.session_id, False, "", "", None, None, 0.0)
         if not self.sessions.delete(request.session_id):
             self.sessions.get(request.session_id)  # raises NotFound with the message
         return pb.DeleteSessionResponse(deleted=True)
@@ -166,13 +175,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             open_ = await self._read_open(context)
             if open_ is None:
                 return
-            session = self.sessions.open(
+            session = await self.sessions.open(
                 open_.model,
                 open_.version,
                 open_.session_id,
                 open_.return_sequences if open_.HasField("return_sequences") else None,
                 open_.return_state if open_.HasField("return_state") else None,
                 open_.idle_ttl_s,
+                create=open_.create,
             )
             # From here on the finally clause detaches, however the stream ends.
             self.sessions.attach(session, handle)
@@ -190,14 +200,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 # SessionEnded can follow it, but a status can, queued behind it.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
-                        context.abort(grpc.StatusCode.UNAVAILABLE, END_MESSAGES[handle.reason]),
+                        context.abort(grpc.StatusCode.UNAVAILABLE, handle.message),
                         handle.write_grace_s,
                     )
                 return
             ended = pb.SessionEnded(
                 session_id=session.id,
                 reason=codec.end_reason(handle.reason),
-                message=END_MESSAGES[handle.reason],
+                message=handle.message,
             )
             # The client may be gone already, or not reading: a bounded, best-effort write.
             with contextlib.suppress(Exception):
@@ -243,7 +253,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             return_state=session.return_state,
             idle_ttl_s=session.idle_ttl_s,
             restored_step=session.restored_step,
+            durable_step=self._durable(session),
         )
+
+    @staticmethod
+    def _durable(session: Session) -> int | None:
+        """``durable_step`` for Opened and Final (always sent with a store; now told)."""
+        session.durable_told = session.durable_step
+        return session.durable_step
 
     async def _serve(
         self,
@@ -274,7 +291,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 if session.return_sequences:
                     states = out.states if session.return_state else None
                     # Written as bytes: codec.write_stream_response passes them through.
-                    await _write(context, handle, codec.outputs_bytes(out.start, out.y, states))
+                    durable = session.durable_news()
+                    await _write(
+                        context, handle, codec.outputs_bytes(out.start, out.y, states, durable)
+                    )
                 self.metrics.step_latency.observe(time.perf_counter() - began)
             elif kind == "end":
                 await _write(context, handle, await self._final(session, reset=request.end.reset))
@@ -298,6 +318,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 y=codec.flat(final.y),
                 state=codec.flat(final.state),
                 next_step=final.next_step,
+                durable_step=self._durable(session),
             )
         )
 

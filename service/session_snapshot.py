@@ -1,4 +1,4 @@
-"""Sessions into snapshot records and back: what a snapshot holds, and what a restart restores.
+"""Sessions into records and back: what a snapshot or the session store holds, and restores.
 
 ``snapshot`` writes and reads the file; this module takes every session's record from a
 ``SessionManager`` and brings records back as sessions, refusing (with a reason a resuming
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from rnnstream.server.errors import NotFound
 from rnnstream.server.replay import ReplayCache
-from rnnstream.server.repository import ModelRepository
+from rnnstream.server.repository import LoadedModel, ModelRepository
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.snapshot import ModelSessions, SessionRecord
+from rnnstream.server.store.entry import GraphIdentity, StoredSession
 
 
 def take(sessions: SessionManager) -> list[ModelSessions]:
@@ -30,22 +31,7 @@ def take(sessions: SessionManager) -> list[ModelSessions]:
             group = groups[loaded.key] = ModelSessions(
                 m.name, m.version, loaded.sha256, m.n_outputs, m.state_size
             )
-        replay = session.replay
-        group.records.append(
-            SessionRecord(
-                session_id=session.id,
-                state=session.state_row(),
-                next_step=session.next_step,
-                sequence_steps=session.sequence_steps,
-                return_sequences=session.return_sequences,
-                return_state=session.return_state,
-                idle_ttl_s=session.idle_ttl_s,
-                age_s=now - session.created,
-                replay_start=replay.start,
-                replay_y=replay.y,
-                replay_states=replay.states,
-            )
-        )
+        group.records.append(record(session, now))
     return list(groups.values())
 
 
@@ -64,26 +50,63 @@ def restore(sessions: SessionManager, groups: list[ModelSessions]) -> int:
             sessions.refused.update(dict.fromkeys((r.session_id for r in group.records), reason))
             continue
         loaded = sessions.repository.get(group.model, group.version)
-        for record in group.records:
-            if loaded.table.free == 0 or sessions.find(record.session_id) is not None:
-                sessions.refused[record.session_id] = "the restored server had no room for it"
+        for rec in group.records:
+            if loaded.table.free == 0 or sessions.find(rec.session_id) is not None:
+                sessions.refused[rec.session_id] = "the restored server had no room for it"
                 continue
-            session = Session(
-                record.session_id,
-                loaded,
-                loaded.table.allocate(record.state),
-                record.return_sequences,
-                record.return_state,
-                record.idle_ttl_s,
-                now,
-            )
-            session.created = now - record.age_s
-            session.next_step = session.restored_step = record.next_step
-            session.sequence_steps = record.sequence_steps
-            session.replay = ReplayCache(record.replay_start, record.replay_y, record.replay_states)
-            sessions.add(session)
+            sessions.add(from_record(loaded, rec, now))
             restored += 1
     return restored
+
+
+def record(session: Session, now: float) -> SessionRecord:
+    """The session's record, consistent with ``next_step`` (taken on the event loop)."""
+    replay = session.replay
+    return SessionRecord(
+        session_id=session.id,
+        state=session.state_row(),
+        next_step=session.next_step,
+        sequence_steps=session.sequence_steps,
+        return_sequences=session.return_sequences,
+        return_state=session.return_state,
+        idle_ttl_s=session.idle_ttl_s,
+        age_s=now - session.created,
+        replay_start=replay.start,
+        replay_y=replay.y,
+        replay_states=replay.states,
+    )
+
+
+def from_record(loaded: LoadedModel, rec: SessionRecord, now: float) -> Session:
+    """A session of ``loaded`` brought back from ``rec`` in a newly allocated row.
+
+    The caller checked that the record belongs to this graph and that a row is free.
+    """
+    session = Session(
+        rec.session_id,
+        loaded,
+        loaded.table.allocate(rec.state),
+        rec.return_sequences,
+        rec.return_state,
+        rec.idle_ttl_s,
+        now,
+    )
+    session.created = now - rec.age_s
+    session.next_step = session.restored_step = rec.next_step
+    session.sequence_steps = rec.sequence_steps
+    session.replay = ReplayCache(rec.replay_start, rec.replay_y, rec.replay_states)
+    return session
+
+
+def graph_identity(loaded: LoadedModel) -> GraphIdentity:
+    """The identity of the graph ``loaded`` serves (what a stored state must match)."""
+    m = loaded.manifest
+    return GraphIdentity(m.name, m.version, loaded.sha256, m.n_outputs, m.state_size)
+
+
+def stored(session: Session, now: float) -> StoredSession:
+    """The session as the session store holds it."""
+    return StoredSession(record(session, now), graph_identity(session.model))
 
 
 def _refusal(repository: ModelRepository, group: ModelSessions) -> str | None:

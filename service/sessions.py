@@ -12,8 +12,12 @@ A session has at most one live stream (``StreamHandle``); an Open that resumes i
 over and the old stream ends as superseded. A session without a stream waits ``idle_ttl_s``
 to be resumed; at capacity the least recently used idle session is evicted.
 
-Plain asyncio, no network: the servicer translates protobuf to these calls. Snapshots of
-sessions are taken and restored by ``session_snapshot``.
+Plain asyncio: the servicer translates protobuf to these calls. Snapshots of sessions are
+taken and restored by ``session_snapshot``. With a session store (``--store``) sessions
+also move between processes: every session held here has a lease (``ownership``), a step
+applies only under a fresh one, an Open of a session held elsewhere brings it here and a
+session another process asks for is handed over (``moves``), and ending a session deletes
+its store entry.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,10 +43,16 @@ from rnnstream.server.errors import (
     Unavailable,
 )
 from rnnstream.server.expiry import ExpiryQueue
+from rnnstream.server.ownership import MOVED, MOVED_AWAY, Ownership, unreachable
 from rnnstream.server.replay import ReplayCache
 from rnnstream.server.repository import LoadedModel, ModelRepository
+from rnnstream.server.session_ids import ID_RULE, check_session_id, new_session_id
 from rnnstream.server.settings import Settings
+from rnnstream.server.store import Lease, LeaseLost, StoreUnavailable
 from rnnstream.server.stream_handle import StreamHandle
+
+if TYPE_CHECKING:
+    from rnnstream.server.moves import SessionMover
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,9 @@ class Session:
 
     __slots__ = (
         "created",
+        "dirty",
+        "durable_step",
+        "durable_told",
         "ended",
         "id",
         "idle_ttl_s",
@@ -115,6 +128,19 @@ class Session:
         self.owner: StreamHandle | None = None
         self.ended: EndReason | None = None
         self.replay = ReplayCache()
+        # With a session store: the step its last checkpoint holds the session at (None
+        # without a store), the value its client was last told, and whether anything
+        # changed since that checkpoint.
+        self.durable_step: int | None = None
+        self.durable_told: int | None = None
+        self.dirty = False
+
+    def durable_news(self) -> int | None:
+        """``durable_step`` if it moved since the client was last told (now told), else None."""
+        if self.durable_step == self.durable_told:
+            return None
+        self.durable_told = self.durable_step
+        return self.durable_step
 
     @property
     def live(self) -> bool:
@@ -146,7 +172,7 @@ class SessionManager:
     Example (inside a coroutine)::
 
         sessions = SessionManager(repository, settings)
-        s = sessions.open("seattle-temp", "", "", return_sequences=True, return_state=False)
+        s = await sessions.open("seattle-temp", "", "", return_sequences=True, return_state=False)
         out = await sessions.steps(s, start=0, x=np.array([[51.0]], np.float32))
         out.y   # [1, 1]: next hour's temperature
     """
@@ -156,10 +182,15 @@ class SessionManager:
         repository: ModelRepository,
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
+        ownership: Ownership | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.clock = clock
+        # With a session store: this process's leases, and what brings sessions held
+        # elsewhere here (set by the server; see ``moves``).
+        self.ownership = ownership
+        self.mover: SessionMover | None = None
         self.draining = False
         # Per model version, least recently active first (a touch re-inserts): the order
         # eviction walks, without passing other models' sessions.
@@ -171,6 +202,7 @@ class SessionManager:
         self.ended_counts: dict[EndReason, int] = dict.fromkeys(EndReason, 0)
         # Sessions a snapshot held but that could not be restored, with the reason.
         self.refused: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         """How many sessions are held."""
@@ -189,7 +221,11 @@ class SessionManager:
         return None
 
     def get(self, session_id: str) -> Session:
-        """The session with this id, or NotFound saying what to do."""
+        """The session with this id, or NotFound saying what to do.
+
+        An id outside the rule (``session_ids``) is InvalidArgument.
+        """
+        check_session_id(session_id, "session_id")
         session = self.find(session_id)
         if session is None and session_id in self.refused:
             raise NotFound(f"session {session_id!r} was not restored: {self.refused[session_id]}")
@@ -201,7 +237,7 @@ class SessionManager:
             )
         return session
 
-    def open(
+    async def open(
         self,
         model: str,
         version: str,
@@ -209,29 +245,70 @@ class SessionManager:
         return_sequences: bool | None,
         return_state: bool | None,
         idle_ttl_s: float = 0.0,
+        create: bool = False,
     ) -> Session:
-        """A new session (empty ``session_id``) or the existing one to resume.
+        """A new session (empty ``session_id``), or the session ``session_id`` to resume.
 
-        ``return_sequences`` None means the model's default mode (new session) or the
-        session's current mode (resume); ``return_state`` None means off (new) or
-        unchanged (resume); ``idle_ttl_s`` 0 the server's default (new) or the session's
-        current TTL (resume).
+        With ``create`` the session is created under ``session_id`` when none exists, and
+        resumed when it does (a retried create never makes two). ``return_sequences`` None
+        means the model's default mode (new session) or the session's current mode
+        (resume); ``return_state`` None means off (new) or unchanged (resume);
+        ``idle_ttl_s`` 0 the server's default (new) or the session's current TTL (resume).
         """
         if self.draining:
             raise Unavailable("the server is draining: open the session on another server")
         ttl = self._check_ttl(idle_ttl_s)
-        if session_id:
-            existing = self.get(session_id)
-            if existing.owner is None:  # a takeover adds no stream; a resume does
-                self._check_stream_room()
-            session = self._resume(model, version, session_id, return_sequences, return_state)
-            if ttl and ttl != session.idle_ttl_s:
-                session.idle_ttl_s = ttl
-                self._expiry.push(session)  # a shorter TTL must not wait for the old deadline
-            return session
+        if not session_id:
+            if create:
+                raise InvalidArgument(
+                    "Open.create is set without Open.session_id: name the session to create "
+                    f"({ID_RULE}), or leave create unset for a server-generated id"
+                )
+            if self.mover is not None:
+                return await self.mover.create_here(
+                    model, version, return_sequences, return_state, ttl
+                )
+            return self.create(model, version, return_sequences, return_state, ttl)
+        check_session_id(session_id, "Open.session_id")
+        existing = self.find(session_id)
+        if existing is None and self.mover is not None:
+            existing = await self.mover.bring(
+                session_id, create, model, version, return_sequences, return_state, ttl
+            )
+            if existing is None:
+                self.get(session_id)  # raises NotFound saying why
+            assert existing is not None
+        if existing is None and (not create or session_id in self.refused):
+            self.get(session_id)  # raises NotFound saying why
+        if existing is None:
+            return self.create(model, version, return_sequences, return_state, ttl, session_id)
+        if existing.owner is None:  # a takeover adds no stream; a resume does
+            self._check_stream_room()
+        session = self._resume(model, version, session_id, return_sequences, return_state)
+        if ttl and ttl != session.idle_ttl_s:
+            session.idle_ttl_s = ttl
+            self._expiry.push(session)  # a shorter TTL must not wait for the old deadline
+        return session
+
+    def create(
+        self,
+        model: str,
+        version: str,
+        return_sequences: bool | None,
+        return_state: bool | None,
+        idle_ttl_s: float = 0.0,
+        session_id: str = "",
+    ) -> Session:
+        """A new session of ``model`` in this process, under ``session_id`` or a new id.
+
+        The arguments mean what they mean for a new session in ``open``.
+        """
+        if self.draining:
+            raise Unavailable("the server is draining: open the session on another server")
+        ttl = self._check_ttl(idle_ttl_s)
         self._check_stream_room()
         loaded = self.repository.get(model, version)
-        if loaded.table.free == 0 and not self._evict_one(loaded):
+        if loaded.table.free == 0 and not self.evict_one(loaded):
             raise ResourceExhausted(
                 f"model {loaded.key} already holds {loaded.table.capacity} sessions, all with "
                 "live streams or steps in flight: end or delete sessions, retry later, or raise "
@@ -239,7 +316,7 @@ class SessionManager:
             )
         now = self.clock()
         session = Session(
-            session_id=secrets.token_urlsafe(18),
+            session_id=session_id or new_session_id(),
             model=loaded,
             row=loaded.table.allocate(),
             return_sequences=(
@@ -338,9 +415,7 @@ class SessionManager:
 
     async def steps(self, session: Session, start: int, x: np.ndarray) -> StepsOutcome:
         """Apply ``x [n, F]`` as steps ``start..start+n-1``; retransmissions are not re-applied."""
-        if session.inflight is not None:
-            await self.settle(session)
-        self._check_alive(session)
+        await self._ready(session)
         n = len(x)
         if start > session.next_step:
             raise FailedPrecondition(
@@ -385,6 +460,29 @@ class SessionManager:
             applied=len(new_x),
         )
 
+    async def _ready(self, session: Session) -> None:
+        """Wait for the session's step in flight; refuse an ended session, or one moved away.
+
+        With a store a step applies only under a fresh lease (``ownership``): a lease past
+        its local deadline is renewed first, and a lost one means the session moved.
+        """
+        ownership = self.ownership
+        while True:  # every await below lets another stream's step start
+            if session.inflight is not None:
+                await self.settle(session)
+            self._check_alive(session)
+            if ownership is None or ownership.fresh(session.id):
+                if session.inflight is None:
+                    return
+                continue
+            try:
+                held = await ownership.renew_one(session.id)
+            except StoreUnavailable as exc:
+                raise unreachable(exc) from exc
+            if not held:
+                self.forget(session)
+                raise Unavailable(MOVED)
+
     def _steps_done(self, session: Session, result: StepResult | None) -> None:
         """The engine ended the session's request: on success, move the step counters.
 
@@ -399,6 +497,7 @@ class SessionManager:
             session.sequence_steps += n
             states = result.states[0] if result.states is not None else None
             session.replay.remember(session.next_step, y, states, self.settings.replay_steps)
+            session.dirty = True
             self._touch(session)
         if session.ended is not None:
             self._release_row(session)
@@ -409,9 +508,7 @@ class SessionManager:
         With ``reset`` the next sequence starts from the initial state; the session's step
         numbering continues either way.
         """
-        self._check_alive(session)
-        await self.settle(session)
-        self._check_alive(session)
+        await self._ready(session)
         state = session.state_row() if session.return_state else None
         outcome = FinalOutcome(
             steps=session.sequence_steps,
@@ -420,6 +517,7 @@ class SessionManager:
             next_step=session.next_step,
         )
         session.sequence_steps = 0
+        session.dirty = True
         if reset:
             session.model.table.reset(session.row)
         self._touch(session)
@@ -448,9 +546,56 @@ class SessionManager:
             owner.end(reason)
         if session.inflight is None:
             self._release_row(session)
+        if self.ownership is not None:
+            lease = self.ownership.forget(session.id)
+            if lease is not None:
+                self._in_background(self._delete_entry(lease))
+
+    async def _delete_entry(self, lease: Lease) -> None:
+        """Delete an ended session's store entry (it is not resumed anywhere)."""
+        assert self.ownership is not None
+        try:
+            await self.ownership.store.delete(lease)
+        except (LeaseLost, StoreUnavailable) as exc:  # then it expires by its idle TTL
+            log.warning("store entry of ended session %s kept: %s", lease.session_id, exc)
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` as a task held until it ends (awaited by ``settle_all``)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def end_stream_for_move(self, session: Session) -> None:
+        """End the session's live stream, if any, because the session moves away."""
+        owner = self._drop_owner(session)
+        if owner is not None:
+            owner.end(EndReason.SUPERSEDED, MOVED_AWAY)
+
+    def forget(self, session: Session, message: str = MOVED_AWAY) -> None:
+        """Drop a session that moved to another process: not ended, not counted, kept stored.
+
+        Its live stream ends as superseded, told ``message``; its row is freed after any
+        step in flight.
+        """
+        if self.ownership is not None:
+            self.ownership.forget(session.id)
+        if session.ended is not None:
+            return
+        session.ended = EndReason.SUPERSEDED
+        self._by_model.get(session.model.key, {}).pop(session.id, None)
+        owner = self._drop_owner(session)
+        if owner is not None:
+            owner.end(EndReason.SUPERSEDED, message)
+        if session.inflight is None:
+            self._release_row(session)
+        log.debug(
+            "session moved away",
+            extra={"session_id": session.id, "model": session.model.key, "event": "moved"},
+        )
 
     def delete(self, session_id: str) -> bool:
         """DeleteSession: end it now; False when there was no such session."""
+        check_session_id(session_id, "session_id")
         session = self.find(session_id)
         if session is None:
             return False
@@ -482,11 +627,13 @@ class SessionManager:
                 owner.end(EndReason.DRAINING)
 
     async def settle_all(self) -> None:
-        """Wait until no session has a step in flight."""
+        """Wait until no session has a step in flight, nor a store entry being deleted."""
         for session in self:
             await self.settle(session)
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _evict_one(self, loaded: LoadedModel) -> bool:
+    def evict_one(self, loaded: LoadedModel) -> bool:
         """Evict the least recently used idle session of ``loaded``; False if none can go.
 
         Walks only that model's sessions, from the least recently active; the live ones it
@@ -514,7 +661,9 @@ class SessionManager:
         session.model.table.release(session.row)
 
     def _check_alive(self, session: Session) -> None:
-        """Refuse work on a session that has ended."""
+        """Refuse work on a session that has ended or moved to another process."""
+        if session.ended is EndReason.SUPERSEDED:  # only ``forget`` ends a session so
+            raise Unavailable(MOVED)
         if session.ended is not None:
             raise NotFound(
                 f"session {session.id} has ended: {END_MESSAGES[session.ended]}; open a new one"

@@ -79,7 +79,26 @@ class Settings:
     )
     snapshot_interval_s: float = field(
         default=0.0,
-        metadata={"help": "also snapshot every N seconds, bounding what a crash loses (0: off)"},
+        metadata={
+            "help": "also snapshot every N seconds, bounding what a crash loses (0: off); "
+            "with --store: checkpoint changed sessions to the store every N seconds"
+        },
+    )
+    store: str = field(
+        default="",
+        metadata={
+            "help": "session store shared by processes, so sessions move between them: "
+            "redis://HOST:PORT/DB (replicas), or local (SQLite in --state-dir: the workers "
+            "of one machine); empty: none (--workers N > 1 use local)",
+            "empty_means_none": True,
+        },
+    )
+    lease_ttl_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a process's lease on a session lasts unless renewed (with "
+            "--store): how long a session of a dead process waits to move"
+        },
     )
     metrics_port: int = field(
         default=0, metadata={"help": "serve Prometheus metrics on this HTTP port (0: off)"}
@@ -160,6 +179,8 @@ class Settings:
             problems.append("idle_ttl_s must be positive and at most max_idle_ttl_s")
         if not self.write_grace_s > 0:
             problems.append("write_grace_s must be positive")
+        if not self.lease_ttl_s > 0:
+            problems.append("lease_ttl_s must be positive")
         if self.snapshot_interval_s < 0:
             problems.append("snapshot_interval_s must be 0 (off) or positive")
         if not 0 <= self.metrics_port <= 65535:

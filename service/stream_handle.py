@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rnnstream.server.end_reasons import EndReason
+from rnnstream.server.end_reasons import END_MESSAGES, EndReason
 
 
 class StreamHandle:
@@ -19,20 +19,25 @@ class StreamHandle:
     cancelled after all, with nothing more written.
     """
 
-    __slots__ = ("cut_off", "reason", "task", "timer", "write_grace_s", "writing")
+    __slots__ = ("cut_off", "message", "reason", "task", "timer", "write_grace_s", "writing")
 
     def __init__(self, task: asyncio.Task[object] | None, write_grace_s: float = 5.0) -> None:
         self.task = task
         self.write_grace_s = write_grace_s
         self.reason: EndReason | None = None
+        self.message = ""
         self.writing = False
         self.cut_off = False
         self.timer: asyncio.TimerHandle | None = None
 
-    def end(self, reason: EndReason) -> None:
-        """Stop the stream (once) because its session ended or moved."""
+    def end(self, reason: EndReason, message: str | None = None) -> None:
+        """Stop the stream (once) because its session ended or moved.
+
+        ``message`` is what the client is told (default: the reason's ``END_MESSAGES``).
+        """
         if self.reason is None:
             self.reason = reason
+            self.message = END_MESSAGES[reason] if message is None else message
             if self.task is None:
                 return
             if self.writing:

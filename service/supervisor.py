@@ -20,7 +20,8 @@ supervisor itself serves nothing on the gRPC port. It:
 Health: every worker answers ``grpc.health.v1`` on the shared port for itself, so a check
 reaches a live worker as long as one is up; while draining they all answer NOT_SERVING.
 Sessions are owned by one worker at a time; a resume that lands on another worker moves
-the session through the session store (see the store package).
+the session through the session store (``--store``; without one the workers share
+``local``, SQLite in --state-dir or in a private temporary directory).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import ctypes
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -124,6 +127,9 @@ class Supervisor:
         self._stopping = threading.Event()
         self._metrics_server: WSGIServer | None = None
         self._port_holder: socket.socket | None = None
+        # What the workers are started with: without --store they share ``local``.
+        self.worker_settings = settings
+        self._private_state_dir: str | None = None
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT, then drain every worker; the process exit code."""
@@ -145,6 +151,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Pick the port (``--port 0``: a free one, the same for every worker), start workers."""
+        self.worker_settings = self._with_store(self.settings)
         if self.port == 0:
             self._port_holder = _reserve_port(self.settings.host)
             self.port = self._port_holder.getsockname()[1]
@@ -161,6 +168,20 @@ class Supervisor:
             self.port,
             ", ".join(str(w.process.pid) for w in self.workers if w.process),
         )
+
+    def _with_store(self, settings: Settings) -> Settings:
+        """The workers' settings: a session store, so a session moves to any worker.
+
+        Without --store they share ``local`` in --state-dir; with no state directory, in a
+        private temporary one removed at exit (sessions move between workers, but nothing
+        survives a restart).
+        """
+        if settings.store:
+            return settings
+        state_dir = settings.state_dir
+        if not state_dir:
+            state_dir = self._private_state_dir = tempfile.mkdtemp(prefix="rnnstream-workers-")
+        return dataclasses.replace(settings, store="local", state_dir=state_dir)
 
     def check(self) -> None:
         """Notice workers that exited and restart each once its backoff has passed."""
@@ -230,13 +251,16 @@ class Supervisor:
         if self._port_holder is not None:
             self._port_holder.close()
             self._port_holder = None
+        if self._private_state_dir is not None:
+            shutil.rmtree(self._private_state_dir, ignore_errors=True)
+            self._private_state_dir = None
         log.info("stopped")
         return code
 
     def _spawn(self, worker: Worker) -> None:
         """Start one worker process with the supervisor's settings."""
         env = dict(self._environ)
-        env.update(settings_environment(self.settings))
+        env.update(settings_environment(self.worker_settings))
         env[ENV_PREFIX + "PORT"] = str(self.port)
         env[ENV_PREFIX + "WORKERS"] = "1"
         env[ENV_PREFIX + "WORKER"] = str(worker.index)

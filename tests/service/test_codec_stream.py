@@ -124,3 +124,28 @@ def test_outputs_bytes_refuse_a_start_that_is_not_uint64():
     for start in (-1, 2**64):
         with pytest.raises(ValueError, match="uint64"):
             codec.outputs_bytes(start, y, None)
+
+
+@given(
+    start=st.integers(0, 2**64 - 1),
+    durable_step=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    n=st.integers(0, 4),
+    with_states=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_outputs_bytes_with_durable_step_are_what_protobuf_writes(
+    start, durable_step, n, with_states
+):
+    y = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    states = np.ones((n, 3), np.float32) if with_states else None
+    plain = pb.StreamResponse(
+        outputs=pb.Outputs(
+            start=start,
+            y=y.ravel().tolist(),
+            state=[] if states is None else states.ravel().tolist(),
+            durable_step=durable_step,
+        )
+    )
+    assert codec.outputs_bytes(start, y, states, durable_step) == plain.SerializeToString()
+    back = pb.StreamResponse.FromString(codec.outputs_bytes(start, y, states, durable_step))
+    assert back.outputs.HasField("durable_step") is (durable_step is not None)

@@ -91,9 +91,21 @@ AT_OPEN = [
     ),
     (
         "unknown session",
-        pb.StreamRequest(open=pb.Open(session_id="not-a-session")),
+        pb.StreamRequest(open=pb.Open(session_id="not-a-session-0123456789")),
         C.NOT_FOUND,
         "open a new session with an empty Open.session_id",
+    ),
+    (
+        "session id outside the rule",
+        pb.StreamRequest(open=pb.Open(session_id="not a session")),
+        C.INVALID_ARGUMENT,
+        "16 to 128 characters of [A-Za-z0-9_-]",
+    ),
+    (
+        "create of an id outside the rule",
+        pb.StreamRequest(open=pb.Open(model="tiny", session_id="x" * 129, create=True)),
+        C.INVALID_ARGUMENT,
+        "16 to 128 characters of [A-Za-z0-9_-]",
     ),
 ]
 
@@ -163,8 +175,16 @@ def test_bad_predict(stub, name, request_, code, fragment):
 def test_unknown_session_lookups(stub):
     for call in (stub.GetSession, stub.DeleteSession):
         with pytest.raises(grpc.RpcError) as err:
-            call(pb.GetSessionRequest(session_id="missing"), timeout=30)  # same wire shape
+            call(pb.GetSessionRequest(session_id="missing-0123456789"), timeout=30)  # same shape
         assert err.value.code() == C.NOT_FOUND
+
+
+def test_session_lookups_of_ids_outside_the_rule_are_invalid(stub):
+    for call in (stub.GetSession, stub.DeleteSession):
+        with pytest.raises(grpc.RpcError) as err:
+            call(pb.GetSessionRequest(session_id="missing"), timeout=30)  # same wire shape
+        assert err.value.code() == C.INVALID_ARGUMENT
+        assert "16 to 128 characters" in err.value.details()
 
 
 def test_garbage_bytes_are_refused_and_server_keeps_serving(server, stub):

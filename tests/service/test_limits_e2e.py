@@ -102,7 +102,7 @@ def test_metrics_endpoint(limited, stub):
     s.open(model="tiny")
     s.steps(0, np.zeros((4, 2), np.float32))
     with pytest.raises(grpc.RpcError):
-        stub.GetSession(pb.GetSessionRequest(session_id="nope"))
+        stub.GetSession(pb.GetSessionRequest(session_id="nope-0123456789abcdef"))
     port = limited.running.settings.metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         body = response.read().decode()

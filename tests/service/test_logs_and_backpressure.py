@@ -30,7 +30,7 @@ def test_json_logs_carry_the_session_id(tiny_models):
     repo = ModelRepository.load(settings)
     try:
         sessions = SessionManager(repo, settings)
-        session = sessions.open("tiny", "", "", None, None)
+        session = sessions.create("tiny", "", None, None)
         sessions.delete(session.id)
     finally:
         repo.close()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from rnnstream.server.end_reasons import EndReason
-from rnnstream.server.errors import ResourceExhausted, Unavailable
+from rnnstream.server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from rnnstream.server.repository import ModelRepository
+from rnnstream.server.session_ids import check_session_id, new_session_id
 from rnnstream.server.sessions import SessionManager
 from rnnstream.server.settings import Settings
 from rnnstream.server.stream_handle import StreamHandle
@@ -44,8 +45,8 @@ def manager(tiny_models: Path):
 
 def test_idle_sessions_expire_after_ttl_but_live_ones_stay(manager):
     sessions, clock = manager
-    idle = sessions.open("tiny", "", "", None, False)
-    live = sessions.open("tiny", "", "", None, False)
+    idle = sessions.create("tiny", "", None, False)
+    live = sessions.create("tiny", "", None, False)
     handle = StreamHandle(None)
     sessions.attach(live, handle)
     clock.now += 5
@@ -59,24 +60,24 @@ def test_idle_sessions_expire_after_ttl_but_live_ones_stay(manager):
 
 def test_capacity_evicts_least_recently_used_idle_session(manager):
     sessions, clock = manager
-    first = sessions.open("tiny", "", "", None, False)
+    first = sessions.create("tiny", "", None, False)
     clock.now += 1
-    second = sessions.open("tiny", "", "", None, False)
+    second = sessions.create("tiny", "", None, False)
     clock.now += 1
-    third = sessions.open("tiny", "", "", None, False)
+    third = sessions.create("tiny", "", None, False)
     sessions.attach(first, StreamHandle(None))  # live: never evicted
-    fourth = sessions.open("tiny", "", "", None, False)
+    fourth = sessions.create("tiny", "", None, False)
     assert second.ended is EndReason.EVICTED
     assert third.ended is None and fourth.ended is None and first.ended is None
 
 
 def test_eviction_takes_the_model_own_least_recent_idle_session(manager):
     sessions, clock = manager
-    others = [sessions.open("tiny-m2o", "", "", None, False) for _ in range(3)]  # oldest
+    others = [sessions.create("tiny-m2o", "", None, False) for _ in range(3)]  # oldest
     clock.now += 1
-    mine = [sessions.open("tiny", "", "", None, False) for _ in range(3)]
+    mine = [sessions.create("tiny", "", None, False) for _ in range(3)]
     sessions.attach(mine[0], StreamHandle(None))
-    newest = sessions.open("tiny", "", "", None, False)  # tiny is full: evicts mine[1]
+    newest = sessions.create("tiny", "", None, False)  # tiny is full: evicts mine[1]
     assert mine[1].ended is EndReason.EVICTED
     assert all(s.ended is None for s in [*others, mine[0], mine[2], newest])
     assert len(sessions) == 6
@@ -87,18 +88,18 @@ def test_eviction_takes_the_model_own_least_recent_idle_session(manager):
 def test_full_of_live_sessions_is_resource_exhausted(manager):
     sessions, _ = manager
     for _ in range(3):
-        sessions.attach(sessions.open("tiny", "", "", None, False), StreamHandle(None))
+        sessions.attach(sessions.create("tiny", "", None, False), StreamHandle(None))
     with pytest.raises(ResourceExhausted, match="already holds 3 sessions"):
-        sessions.open("tiny", "", "", None, False)
+        sessions.create("tiny", "", None, False)
     # other models have their own tables
-    assert sessions.open("tiny-m2o", "", "", None, False).model.manifest.name == "tiny-m2o"
+    assert sessions.create("tiny-m2o", "", None, False).model.manifest.name == "tiny-m2o"
 
 
 def test_deleting_during_a_step_frees_the_row_only_after_it(manager):
     sessions, _ = manager
 
     async def drive():
-        s = sessions.open("tiny", "", "", None, False)
+        s = sessions.create("tiny", "", None, False)
         row = s.row
         task = asyncio.ensure_future(sessions.steps(s, 0, np.ones((50, 2), np.float32)))
         await asyncio.sleep(0)
@@ -114,19 +115,19 @@ def test_deleting_during_a_step_frees_the_row_only_after_it(manager):
 
 def test_draining_refuses_new_sessions_and_ends_live_streams(manager):
     sessions, _ = manager
-    live = sessions.open("tiny", "", "", None, False)
+    live = sessions.create("tiny", "", None, False)
     handle = StreamHandle(None)
     sessions.attach(live, handle)
     sessions.drain()
     assert handle.reason is EndReason.DRAINING
     assert live.ended is None  # kept: it can be resumed after a restart
     with pytest.raises(Unavailable, match="draining"):
-        sessions.open("tiny", "", "", None, False)
+        sessions.create("tiny", "", None, False)
 
 
 def test_a_step_that_fails_midway_changes_nothing(manager):
     sessions, _ = manager
-    session = sessions.open("tiny", "", "", None, None)
+    session = sessions.create("tiny", "", None, None)
     graph = session.model.graph
     run, calls = graph.run, []
 
@@ -149,7 +150,7 @@ def test_a_step_that_fails_midway_changes_nothing(manager):
 
 def test_an_engine_error_outside_run_fails_the_request_not_the_engine(manager):
     sessions, _ = manager
-    session = sessions.open("tiny", "", "", None, None)
+    session = sessions.create("tiny", "", None, None)
     engine = session.model.engine
 
     def broken(size):
@@ -165,30 +166,31 @@ def test_an_engine_error_outside_run_fails_the_request_not_the_engine(manager):
 
 def test_resuming_counts_against_the_stream_limit(manager):
     sessions, _ = manager
-    idle = sessions.open("tiny", "", "", None, None)
+    idle = sessions.create("tiny", "", None, None)
     for model in ("tiny", "tiny", "tiny-m2o", "tiny-m2o"):  # 4 live streams: the limit
-        sessions.attach(sessions.open(model, "", "", None, None), StreamHandle(None))
+        sessions.attach(sessions.create(model, "", None, None), StreamHandle(None))
     with pytest.raises(ResourceExhausted, match="--max-streams"):
-        sessions.open("", "", idle.id, None, None)
+        asyncio.run(sessions.open("", "", idle.id, None, None))
     live = next(s for s in list(sessions) if s.live)
-    assert sessions.open("", "", live.id, None, None) is live  # a takeover adds no stream
+    resumed = asyncio.run(sessions.open("", "", live.id, None, None))
+    assert resumed is live  # a takeover adds no stream
 
 
 def test_a_shorter_ttl_on_resume_takes_effect(manager):
     sessions, clock = manager
-    session = sessions.open("tiny", "", "", None, None, idle_ttl_s=3600)
+    session = sessions.create("tiny", "", None, None, idle_ttl_s=3600)
     clock.now += 5
-    sessions.open("", "", session.id, None, None, idle_ttl_s=20)
+    asyncio.run(sessions.open("", "", session.id, None, None, idle_ttl_s=20))
     clock.now += 30
     assert sessions.expire_idle() == [session]
 
 
 def test_retransmission_with_return_state_returns_states_for_new_steps(manager):
     sessions, _ = manager
-    session = sessions.open("tiny", "", "", None, None)
+    session = sessions.create("tiny", "", None, None)
     x = np.random.default_rng(3).standard_normal((6, 2)).astype(np.float32)
     asyncio.run(sessions.steps(session, 0, x[:4]))
-    sessions.open("", "", session.id, None, True)  # resume, now with return_state
+    asyncio.run(sessions.open("", "", session.id, None, True))  # resume, now with return_state
     out = asyncio.run(sessions.steps(session, 3, x[3:]))
     assert out.states is not None and len(out.states) == len(out.y) == 6 - out.start
 
@@ -200,7 +202,7 @@ def test_a_message_of_no_steps_applies_nothing(tiny_models: Path, inline_max_ste
     )
     repo = ModelRepository.load(settings)
     sessions = SessionManager(repo, settings)
-    session = sessions.open("tiny", "", "", None, False)
+    session = sessions.create("tiny", "", None, False)
 
     async def drive():
         await sessions.steps(session, 0, np.ones((3, 2), np.float32))
@@ -219,7 +221,7 @@ def test_a_failing_metrics_hook_on_the_lean_path_moves_nothing(tiny_models: Path
     settings = Settings.from_env({}, models=tiny_models, state_dir="", inline_max_steps=64)
     repo = ModelRepository.load(settings)
     sessions = SessionManager(repo, settings)
-    session = sessions.open("tiny", "", "", None, False)
+    session = sessions.create("tiny", "", None, False)
     engine = session.model.engine
 
     def broken(size: int) -> None:
@@ -241,3 +243,56 @@ def test_a_failing_metrics_hook_on_the_lean_path_moves_nothing(tiny_models: Path
         asyncio.run(drive())
     finally:
         repo.close()
+
+
+CLIENT_ID = "client-chosen-id-0123456789abcdef"
+
+
+def test_create_under_a_client_id_is_idempotent(manager):
+    sessions, _ = manager
+    first = asyncio.run(sessions.open("tiny", "", CLIENT_ID, None, None, create=True))
+    assert first.id == CLIENT_ID and first.next_step == 0
+    asyncio.run(sessions.steps(first, 0, np.ones((3, 2), np.float32)))
+    again = asyncio.run(sessions.open("tiny", "", CLIENT_ID, None, None, create=True))
+    assert again is first and again.next_step == 3 and len(sessions) == 1
+
+
+def test_a_resume_without_create_of_an_absent_id_is_not_found(manager):
+    sessions, _ = manager
+    with pytest.raises(NotFound, match="does not exist"):
+        asyncio.run(sessions.open("tiny", "", CLIENT_ID, None, None))
+    assert len(sessions) == 0
+
+
+@pytest.mark.parametrize(
+    "bad", ["short", "x" * 129, "has space in it 0123", "slash/in/it/0123456", "ünïcode-0123456789"]
+)
+def test_ids_outside_the_rule_are_invalid_everywhere_and_change_nothing(manager, bad):
+    sessions, _ = manager
+    for create in (False, True):
+        with pytest.raises(InvalidArgument, match=r"16 to 128 characters of \[A-Za-z0-9_-\]"):
+            asyncio.run(sessions.open("tiny", "", bad, None, None, create=create))
+    with pytest.raises(InvalidArgument, match="16 to 128"):
+        sessions.get(bad)
+    with pytest.raises(InvalidArgument, match="16 to 128"):
+        sessions.delete(bad)
+    assert len(sessions) == 0
+
+
+def test_a_create_for_another_model_than_the_session_is_refused(manager):
+    sessions, _ = manager
+    session = asyncio.run(sessions.open("tiny", "", CLIENT_ID, None, None, create=True))
+    with pytest.raises(InvalidArgument, match="belongs to model tiny/1"):
+        asyncio.run(sessions.open("tiny-m2o", "", CLIENT_ID, None, None, create=True))
+    assert sessions.find(CLIENT_ID) is session and len(sessions) == 1
+
+
+def test_create_without_an_id_is_refused(manager):
+    sessions, _ = manager
+    with pytest.raises(InvalidArgument, match=r"without Open\.session_id"):
+        asyncio.run(sessions.open("tiny", "", "", None, None, create=True))
+
+
+def test_server_made_ids_follow_the_rule():
+    for _ in range(100):
+        check_session_id(new_session_id(), "session_id")

@@ -35,7 +35,7 @@ def repository(settings: Settings) -> Iterator[ModelRepository]:
 
 def test_a_snapshot_during_a_request_records_the_row_and_step_from_before_it(repository, settings):
     sessions = SessionManager(repository, settings)
-    session = sessions.open("tiny", "", "", None, False)
+    session = sessions.create("tiny", "", None, False)
     x = np.random.default_rng(1).standard_normal((52, 2)).astype(np.float32)
 
     async def drive():
@@ -57,8 +57,8 @@ def test_a_snapshot_during_a_request_records_the_row_and_step_from_before_it(rep
 
 def test_restore_brings_every_session_back_where_it_was(repository, settings):
     sessions = SessionManager(repository, settings)
-    first = sessions.open("tiny", "", "", None, True)
-    second = sessions.open("tiny-m2o", "", "", None, False)
+    first = sessions.create("tiny", "", None, True)
+    second = sessions.create("tiny-m2o", "", None, False)
 
     async def drive():
         await sessions.steps(first, 0, np.ones((6, 2), np.float32))
@@ -80,7 +80,7 @@ def test_restore_brings_every_session_back_where_it_was(repository, settings):
 
 def test_a_group_of_another_graph_is_refused_with_a_reason(repository, settings):
     sessions = SessionManager(repository, settings)
-    session = sessions.open("tiny", "", "", None, False)
+    session = sessions.create("tiny", "", None, False)
     (group,) = session_snapshot.take(sessions)
     group.onnx_sha256 = "0" * 64
     sessions.delete(session.id)

@@ -174,3 +174,32 @@ def test_streams_cancelled_at_any_moment_leave_no_live_session(server, stub):
         time.sleep(0.05)
     assert sessions.live_streams == 0
     assert not any(s.live for s in sessions)
+
+
+def test_create_with_a_client_id_creates_then_resumes(stub):
+    x = sequence(20)
+    want, _ = TINY.run(x[None])
+    sid = "e2e-created-session-0123456789"
+    a = Duplex(stub)
+    opened = a.open(model="tiny", session_id=sid, create=True)
+    assert opened.session_id == sid and opened.next_step == 0
+    first = outputs_y(a.steps(0, x[:4]), 3)
+    a.cancel()
+    b = Duplex(stub)
+    again = b.open(model="tiny", session_id=sid, create=True)  # a retried create: resumes
+    assert again.session_id == sid and again.next_step == 4
+    rest = outputs_y(b.steps(4, x[4:]), 3)
+    np.testing.assert_allclose(np.concatenate([first, rest]), want[0], atol=1e-5)
+    b.half_close()
+
+
+def test_a_create_for_another_model_changes_nothing(stub):
+    sid = "e2e-other-model-0123456789"
+    a = Duplex(stub)
+    a.open(model="tiny", session_id=sid, create=True)
+    a.steps(0, sequence(21, 2))
+    with pytest.raises(grpc.RpcError) as err:
+        Duplex(stub).open(model="tiny-m2o", session_id=sid, create=True)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.GetSession(pb.GetSessionRequest(session_id=sid)).next_step == 2
+    a.half_close()

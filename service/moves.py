@@ -1,0 +1,269 @@
+"""Sessions that move between processes through the session store.
+
+``SessionMover`` is what a ``SessionManager`` with a store calls on:
+
+- ``create_here``: a new session under a server-made id takes its lease first.
+- ``bring``: an Open of a session this process does not hold takes its lease
+  (``Ownership.take``: the live owner hands it over, or its lease expires), loads its
+  entry and restores it here from the entry's step (``restored_step``, ``durable_step``).
+  An entry of another graph, or a corrupt one, is refused with the reason (NOT_FOUND,
+  like a snapshot session that could not be restored); with ``create`` an absent entry
+  makes a new session under the id.
+- ``hand_over``: the owner side of a move. The session's live stream ends (superseded:
+  "the session moved to another server process"), its step in flight finishes, it is
+  checkpointed under its lease and released, and forgotten here (not counted as ended).
+- ``checkpoint``: sessions changed since their last checkpoint (or all of them, at
+  drain) in one ``checkpoint_many``; the records are taken on the event loop, so each is
+  consistent with its ``next_step``. A written session's ``durable_step`` moves on.
+
+``run`` is the background work of a process with a store: hand-over requests addressed
+to it, lease renewal every third of the TTL (a lease found lost drops its session), and
+checkpoints every ``--snapshot-interval-s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rnnstream.server import session_snapshot
+from rnnstream.server.errors import NotFound, ResourceExhausted
+from rnnstream.server.ownership import Ownership, unreachable
+from rnnstream.server.session_ids import new_session_id
+from rnnstream.server.sessions import Session, SessionManager
+from rnnstream.server.store import LeaseLost, StoredSession, StoreEntryError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# After the store could not be reached, wait this long before listening again.
+RETRY_S = 0.25
+
+
+class SessionMover:
+    """Brings sessions here, hands them over, checkpoints them; see the module docstring."""
+
+    def __init__(self, sessions: SessionManager, ownership: Ownership) -> None:
+        self.sessions = sessions
+        self.ownership = ownership
+        self.store = ownership.store
+        # One arrival per session id at a time: a second Open waits for the first.
+        self._arrivals: dict[str, asyncio.Lock] = {}
+
+    async def bring(
+        self,
+        session_id: str,
+        create: bool,
+        model: str,
+        version: str,
+        return_sequences: bool | None,
+        return_state: bool | None,
+        idle_ttl_s: float,
+    ) -> Session | None:
+        """The session ``session_id`` taken over and restored here, or None if nobody has it.
+
+        With ``create`` a session nobody has is created here under the id instead.
+        """
+        lock = self._arrivals.setdefault(session_id, asyncio.Lock())
+        try:
+            async with lock:
+                session = self.sessions.find(session_id)
+                if session is not None:  # an Open that waited for the lock
+                    return session
+                lease = await self.ownership.take(session_id)
+                try:
+                    stored = await self._load(session_id)
+                    if stored is not None:
+                        return self._restore(stored)
+                    if not create:
+                        self.ownership.forget(session_id)
+                        await self.ownership.release(lease)
+                        return None
+                    session = self.sessions.create(
+                        model, version, return_sequences, return_state, idle_ttl_s, session_id
+                    )
+                    session.durable_step = 0  # a create elsewhere starts from step 0 too
+                    return session
+                except BaseException:
+                    self.ownership.forget(session_id)
+                    await self.ownership.release(lease)
+                    raise
+        finally:
+            if not lock.locked():
+                self._arrivals.pop(session_id, None)
+
+    async def create_here(
+        self,
+        model: str,
+        version: str,
+        return_sequences: bool | None,
+        return_state: bool | None,
+        idle_ttl_s: float,
+    ) -> Session:
+        """A new session under a server-made id, with its lease (nobody else can hold it)."""
+        session_id = new_session_id()
+        lease = await self.ownership.take(session_id)
+        try:
+            session = self.sessions.create(
+                model, version, return_sequences, return_state, idle_ttl_s, session_id
+            )
+        except BaseException:
+            self.ownership.forget(session_id)
+            await self.ownership.release(lease)
+            raise
+        session.durable_step = 0
+        return session
+
+    async def _load(self, session_id: str) -> StoredSession | None:
+        """The session's entry; NotFound with the reason when it cannot be used here."""
+        try:
+            stored = await self.store.load(session_id)
+        except StoreUnavailable as exc:
+            raise unreachable(exc) from exc
+        except StoreEntryError as exc:
+            raise NotFound(f"session {session_id!r} was not restored: {exc}") from exc
+        if stored is None:
+            return None
+        try:
+            loaded = self.sessions.repository.get(stored.graph.model, stored.graph.version)
+        except NotFound:
+            g = stored.graph
+            raise NotFound(
+                f"session {session_id!r} was not restored: its model {g.model}/{g.version} "
+                "is not served here"
+            ) from None
+        reason = stored.graph.mismatch(session_snapshot.graph_identity(loaded))
+        if reason is not None:
+            raise NotFound(f"session {session_id!r} was not restored: {reason}")
+        return stored
+
+    def _restore(self, stored: StoredSession) -> Session:
+        """A session from its entry, in a row of its (checked) graph's table."""
+        g = stored.graph
+        loaded = self.sessions.repository.get(g.model, g.version)
+        if loaded.table.free == 0 and not self.sessions.evict_one(loaded):
+            raise ResourceExhausted(
+                f"model {loaded.key} already holds {loaded.table.capacity} sessions, all with "
+                "live streams or steps in flight: retry later, or raise --max-sessions"
+            )
+        session = session_snapshot.from_record(loaded, stored.record, self.sessions.clock())
+        session.durable_step = stored.durable_step
+        self.sessions.add(session)
+        log.debug(
+            "session taken over at step %d",
+            session.next_step,
+            extra={"session_id": session.id, "model": loaded.key, "event": "arrive"},
+        )
+        return session
+
+    async def hand_over(self, session_id: str) -> None:
+        """Give the session to the process that asked for it (see the module docstring).
+
+        When the checkpoint cannot be written (the store is unreachable) the hand-over is
+        undone: the session stays here under its lease, and the asking process is refused
+        rather than given a stale entry.
+        """
+        lease = self.ownership.forget(session_id)  # from here on no step applies
+        if lease is None:
+            return
+        session = self.sessions.find(session_id)
+        if session is not None:
+            self.sessions.end_stream_for_move(session)
+            await self.sessions.settle(session)
+            stored = session_snapshot.stored(session, self.sessions.clock())
+            try:
+                await self.store.checkpoint(lease, stored)
+            except LeaseLost:
+                pass  # another process owns it already: the store kept the newer write
+            except StoreUnavailable as exc:
+                log.warning("hand-over of session %s undone: %s", session_id, exc)
+                self.ownership.keep_unconfirmed(lease)
+                return
+            self.sessions.forget(session)
+        await self.ownership.release(lease)
+        log.debug("session handed over", extra={"session_id": session_id, "event": "handover"})
+
+    async def checkpoint(self, everything: bool = False) -> int:
+        """Write changed sessions (``everything``: all) under their leases; how many."""
+        writes = []
+        now = self.sessions.clock()
+        for session in self.sessions:
+            lease = self.ownership.lease(session.id)
+            if lease is None or not (everything or session.dirty):
+                continue
+            writes.append((session, lease, session_snapshot.stored(session, now)))
+            session.dirty = False
+        if not writes:
+            return 0
+        try:
+            lost = await self.store.checkpoint_many([(lease, st) for _, lease, st in writes])
+        except StoreUnavailable as exc:
+            for session, _, _ in writes:
+                session.dirty = True
+            log.warning("checkpoint of %d sessions failed: %s", len(writes), exc)
+            return 0
+        lost_ids = {lease.session_id for lease in lost}
+        for session, _, st in writes:
+            if session.id in lost_ids:
+                self.sessions.forget(session)
+            elif session.durable_step is None or st.durable_step > session.durable_step:
+                session.durable_step = st.durable_step
+        return len(writes) - len(lost)
+
+    async def drain(self) -> None:
+        """At shutdown: checkpoint every session and release every lease."""
+        written = await self.checkpoint(everything=True)
+        released = await self.ownership.release_all()
+        log.info("drain: %d sessions checkpointed, %d leases released", written, released)
+
+    async def run(self, checkpoint_interval_s: float) -> None:
+        """The background work (hand-overs, renewal, checkpoints) until cancelled."""
+        tasks = [
+            asyncio.create_task(self._serve_handovers(), name="handovers"),
+            asyncio.create_task(self._renew(), name="lease-renewal"),
+        ]
+        if checkpoint_interval_s > 0:
+            tasks.append(
+                asyncio.create_task(self._checkpoints(checkpoint_interval_s), name="checkpoints")
+            )
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _serve_handovers(self) -> None:
+        """Hand over each session another process asks for, as the requests come."""
+        handing: set[asyncio.Task[None]] = set()
+        while True:
+            try:
+                async with self.store.handover_requests(self.ownership.owner) as requests:
+                    async for request in requests:
+                        task = asyncio.create_task(self.hand_over(request.session_id))
+                        handing.add(task)
+                        task.add_done_callback(handing.discard)
+            except StoreUnavailable as exc:
+                log.warning("not listening for hand-over requests: %s", exc)
+                await asyncio.sleep(RETRY_S)
+
+    async def _renew(self) -> None:
+        """Renew every lease every third of the TTL; drop the sessions of lost ones."""
+        while True:
+            await asyncio.sleep(self.ownership.ttl_s / 3)
+            try:
+                lost = await self.ownership.renew_all()
+            except StoreUnavailable as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            for session_id in lost:
+                session = self.sessions.find(session_id)
+                if session is not None:
+                    self.sessions.forget(session)
+            if lost:
+                log.warning("%d leases lost: their sessions moved away", len(lost))
+
+    async def _checkpoints(self, interval_s: float) -> None:
+        """Checkpoint changed sessions every ``interval_s``."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.checkpoint()

@@ -1,0 +1,113 @@
+"""Leases and fencing at the session manager, over a real LocalStore (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnstream.server.errors import Unavailable
+from rnnstream.server.moves import SessionMover
+from rnnstream.server.ownership import Ownership
+from rnnstream.server.repository import ModelRepository
+from rnnstream.server.sessions import SessionManager
+from rnnstream.server.settings import Settings
+from rnnstream.server.store import Lease
+from rnnstream.server.store.local_store import LocalStore
+from tests.conftest import free_port
+
+SID = "ownership-test-session-0001"
+
+
+async def _manager(
+    tiny_models: Path, path: Path, ttl_s: float, clock: Callable[[], float] = time.monotonic
+) -> SessionManager:
+    settings = Settings.from_env({}, models=tiny_models, state_dir="", inline_max_steps=0)
+    ownership = Ownership(LocalStore(path), ttl_s, clock=clock)
+    sessions = SessionManager(ModelRepository.load(settings), settings, ownership=ownership)
+    sessions.mover = SessionMover(sessions, ownership)
+    return sessions
+
+
+def test_a_lease_taken_over_meanwhile_refuses_the_next_step(tiny_models: Path, tmp_path: Path):
+    async def drive() -> None:
+        sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=0.3)
+        try:
+            session = await sessions.open("tiny", "", SID, None, None, create=True)
+            await sessions.steps(session, 0, np.ones((2, 2), np.float32))
+            other = LocalStore(tmp_path / "s.sqlite3")
+            await asyncio.sleep(0.4)  # this process's lease expires (nobody renews it)
+            taken = await other.acquire(SID, "someone-else", 30.0)
+            assert isinstance(taken, Lease)
+            with pytest.raises(Unavailable, match="moved to another server process"):
+                await sessions.steps(session, 2, np.ones((1, 2), np.float32))
+            assert sessions.find(SID) is None and session.next_step == 2
+            await other.close()
+        finally:
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+def test_a_stale_lease_still_held_is_renewed_before_a_step(tiny_models: Path, tmp_path: Path):
+    async def drive() -> None:
+        later = [0.0]
+        clock = lambda: time.monotonic() + later[0]  # noqa: E731
+        sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=30.0, clock=clock)
+        try:
+            session = await sessions.open("tiny", "", SID, None, None, create=True)
+            later[0] = 29.0  # past the local deadline (TTL less the margin), not the store's
+            assert sessions.ownership is not None and not sessions.ownership.fresh(SID)
+            out = await sessions.steps(session, 0, np.ones((2, 2), np.float32))
+            assert out.applied == 2 and sessions.ownership.fresh(SID)
+        finally:
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+def test_ending_a_session_deletes_its_store_entry(tiny_models: Path, tmp_path: Path):
+    async def drive() -> None:
+        sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=5.0)
+        try:
+            session = await sessions.open("tiny", "", SID, None, None, create=True)
+            await sessions.steps(session, 0, np.ones((2, 2), np.float32))
+            assert sessions.mover is not None and await sessions.mover.checkpoint() == 1
+            assert session.durable_step == 2
+            store = sessions.ownership.store if sessions.ownership else None
+            assert store is not None and await store.load(SID) is not None
+            assert sessions.delete(SID)
+            await sessions.settle_all()
+            assert await store.load(SID) is None
+        finally:
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+@pytest.mark.parametrize(
+    ("store", "says"),
+    [("memcached://x", "is not a store this server knows"), ("redis://127.0.0.1:{port}/0", "")],
+)
+def test_a_store_that_cannot_be_used_is_one_line_and_a_failed_start(
+    tiny_models: Path, store: str, says: str
+):
+    value = store.format(port=free_port())
+    command = [sys.executable, "-m", "rnnstream.cli", "serve", "--models", str(tiny_models)]
+    command += ["--host", "127.0.0.1", "--port", "0", "--state-dir", "", "--store", value]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "--store" in line]
+    assert len(errors) == 1 and says in errors[0], done.stderr
