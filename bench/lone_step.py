@@ -30,16 +30,24 @@ import numpy as np
 import rnnstream
 from bench import models as bench_models
 from rnnstream.server.repository import ModelRepository
-from rnnstream.server.sessions import SessionManager
+from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.settings import Settings
 
 MODELS = Path(__file__).resolve().parent / ".cache" / "models"
 
 
+def _new_session(sessions: SessionManager, model: str) -> Session:
+    """A new session; also on older checkouts, whose SessionManager had a synchronous open."""
+    create = getattr(sessions, "create", None)
+    if create is not None:
+        return create(model, "", None, False)
+    return sessions.open(model, "", "", None, False)  # type: ignore[return-value]
+
+
 async def _drive(sessions: SessionManager, count: int, k: int, messages: int) -> int:
     """Step ``count`` sessions ``messages`` times each; returns the loop thread's CPU ns."""
     model = bench_models.DEFAULT
-    opened = [sessions.open(model.name, "", "", None, False) for _ in range(count)]
+    opened = [_new_session(sessions, model.name) for _ in range(count)]
     x = np.random.default_rng(0).standard_normal((k, model.n_features)).astype(np.float32)
 
     async def stream(session_index: int) -> None:
