@@ -293,8 +293,10 @@ class Client(ClientBase):
     """A connection to an rnnstream server; a context manager that closes its channel.
 
     ``timeout`` bounds each unary call and each wait for an answer on a stream.
-    Sessions reconnect up to ``max_retries`` times in a row, waiting ``backoff`` seconds,
-    doubling, between tries.
+    Sessions reconnect (and Opens a server sheds are tried again) up to ``max_retries``
+    times in a row, waiting a random time up to ``backoff`` seconds, doubling, between
+    tries. Each session keeps up to ``resend_buffer_steps`` acknowledged steps that the
+    server's session store does not hold yet, to resend should the server crash.
 
     Example::
 
@@ -370,12 +372,13 @@ class Client(ClientBase):
         window: int = 1,
         resend_buffer_steps: int | None = None,
     ) -> Session:
-        """Open a new session (or resume ``session_id``) and return it.
+        """Open a new session under a new id (or resume ``session_id``) and return it.
 
         ``return_sequences`` None uses the model's default mode. ``chunk_size`` steps go
         in one message and up to ``window`` messages are in flight at once; keep
         ``chunk_size * window`` at or below the server's replay cache (64 steps by
-        default) so outputs survive a reconnect.
+        default) so outputs survive a reconnect. ``resend_buffer_steps`` None: the
+        client's.
 
         Example::
 
