@@ -170,6 +170,8 @@ class SessionCore:
 
     def enqueue(self, x: np.ndarray) -> None:
         """Number ``x [T, F]`` from ``next_step`` on and queue it in chunks."""
+        if self.resend_log.durable_step is not None:
+            x = x.copy()  # kept past this call to resend: the caller may reuse its array
         for i in range(0, len(x), self.chunk_size):
             chunk = Chunk(self.next_step, x[i : i + self.chunk_size])
             self.pending.append(chunk)

@@ -72,8 +72,10 @@ class DataLossError(RnnstreamError):
 
     Raised on resume when the server no longer caches the outputs of steps it applied
     before the drop (keep ``chunk_size * window`` at or below the server's
-    ``--replay-steps``), or when a many-to-one ``Final`` was lost after the server ended
-    the sequence. The session itself is intact: its state and ``next_step`` are right.
+    ``--replay-steps``), when a many-to-one ``Final`` was lost after the server ended
+    the sequence, or when a server restored the session from an older step than the
+    client can resend from (see ``resend_buffer_steps``). The session itself is intact:
+    its state and ``next_step`` are right.
     """
 
     default_code = grpc.StatusCode.DATA_LOSS

@@ -124,6 +124,17 @@ def test_a_restore_resends_from_next_step_and_delivers_nothing_twice():
     assert delivered_steps(core) == [12, 13]
 
 
+def test_kept_steps_do_not_change_when_the_caller_reuses_its_array():
+    core = new_core()
+    core.on_opened(opened(core, 0, durable_step=0))
+    buffer = X[:4].copy()
+    core.enqueue(buffer)
+    answer_all(core)
+    buffer[:] = -1.0
+    core.on_opened(opened(core, 0, durable_step=0))
+    np.testing.assert_array_equal(np.reshape(core.sendable()[0].steps.x, (-1, 2)), X[:4])
+
+
 def test_a_restore_resends_kept_steps_before_the_unacknowledged_ones():
     core = new_core()
     core.on_opened(opened(core, 0, durable_step=0))
