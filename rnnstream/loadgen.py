@@ -38,6 +38,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,8 +463,17 @@ def _percentiles(samples: np.ndarray) -> dict[str, float]:
     }
 
 
-async def run_async(spec: LoadSpec, protocol: StreamProtocol | None = None) -> LoadResult:
-    """Run one load against ``spec.target`` and return what it measured."""
+async def run_async(
+    spec: LoadSpec,
+    protocol: StreamProtocol | None = None,
+    before_measuring: Callable[[], Awaitable[None]] | None = None,
+) -> LoadResult:
+    """Run one load against ``spec.target`` and return what it measured.
+
+    ``before_measuring`` is awaited once every stream has warmed up, just before the
+    measured phase starts: several load-generator processes use it to start measuring
+    together.
+    """
     protocol = protocol if protocol is not None else RnnstreamProtocol()
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
     channels = [
@@ -488,6 +498,8 @@ async def run_async(spec: LoadSpec, protocol: StreamProtocol | None = None) -> L
         ]
         try:
             await asyncio.wait_for(phases.all_warmed.wait(), spec.timeout_s + spec.warmup_s)
+            if before_measuring is not None:
+                await before_measuring()
             server0 = tree_cpu_seconds(spec.server_pid) if spec.server_pid else None
             client0 = time.process_time()
             began = time.perf_counter()
@@ -540,6 +552,10 @@ async def run_async(spec: LoadSpec, protocol: StreamProtocol | None = None) -> L
     )
 
 
-def run(spec: LoadSpec, protocol: StreamProtocol | None = None) -> LoadResult:
+def run(
+    spec: LoadSpec,
+    protocol: StreamProtocol | None = None,
+    before_measuring: Callable[[], Awaitable[None]] | None = None,
+) -> LoadResult:
     """Run one load on a fresh event loop (see :func:`run_async`)."""
-    return asyncio.run(run_async(spec, protocol))
+    return asyncio.run(run_async(spec, protocol, before_measuring))

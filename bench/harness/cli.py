@@ -64,6 +64,26 @@ def parse(argv: Sequence[str] | None) -> Settings:
         help="another rnnstream-protocol server to include; COMMAND must print "
         "'serving ... on HOST:PORT' to stderr; {models} and {model} are substituted",
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="rnnstream's --workers, comma-separated: each count is its own system, "
+        "rnnstream for 1, rnnstream-wN for N (e.g. 1,2)",
+    )
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="load-generator processes per run, the streams split evenly over them and "
+        "measured over the same window (default 1: in this process)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=0,
+        help="channels (connections) per client process (default 0: one per 32 streams, "
+        "at most 4, with one client; up to 4 per client with several)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/...)")
     p.add_argument("--no-json", action="store_true", help="write no JSON")
     p.add_argument(
@@ -95,7 +115,30 @@ def parse(argv: Sequence[str] | None) -> Settings:
         if not sep or not name or not command:
             p.error(f"--extra {item!r}: use NAME=COMMAND")
         extra[name] = command
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        workers = []
+    if not workers or any(w < 1 for w in workers):
+        p.error("--workers takes worker counts of 1 or more, e.g. 1,2")
+    if "--workers" in args.server_args:
+        p.error("give rnnstream's worker counts with --workers, not in --server-args")
+    if args.clients < 1:
+        p.error("--clients takes 1 or more")
+    if args.channels < 0:
+        p.error("--channels takes 0 (automatic) or more")
     names = [s for s in args.systems.split(",") if s.strip()]
+    if args.workers != p.get_default("workers") and "rnnstream" not in names:
+        p.error("--workers applies to rnnstream, which --systems leaves out")
+    names = [
+        expanded
+        for name in names
+        for expanded in (
+            [systems.rnnstream_name(w) for w in dict.fromkeys(workers)]
+            if name == "rnnstream"
+            else [name]
+        )
+    ]
     names += [name for name in extra if name not in names]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Settings(
@@ -117,6 +160,9 @@ def parse(argv: Sequence[str] | None) -> Settings:
         timeout_s=args.timeout,
         quick=args.quick,
         label=args.label,
+        workers=workers,
+        clients=args.clients,
+        channels=args.channels,
     )
 
 
@@ -126,7 +172,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _choose(settings: Settings, models: Path) -> list[systems.System]:
     """The systems asked for, in order; peers not set up are skipped with a note."""
-    available = systems.available(models, settings.model, settings.server_args, settings.extra)
+    available = systems.available(
+        models, settings.model, settings.server_args, settings.extra, settings.workers
+    )
     chosen = []
     for name in settings.systems:
         if name in available:
@@ -170,6 +218,8 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
         "reps": settings.reps,
         "chunk_steps": settings.chunk_steps,
         "chunk_streams": settings.chunk_streams,
+        "clients": settings.clients,
+        "channels": settings.channels,
         "argv": list(sys.argv[1:] if argv is None else argv),
         "label": settings.label,
         "notes": settings.notes,

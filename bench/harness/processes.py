@@ -34,7 +34,11 @@ class Running:
 
 
 def start(system: System, logs: Path) -> Running:
-    """Start a system and wait for its ``serving ... on HOST:PORT`` line (bounded)."""
+    """Start a system and wait for its ``serving ... on HOST:PORT`` lines (bounded).
+
+    A system of several worker processes is ready once every worker said it serves; they
+    share one port.
+    """
     log = logs / f"{system.name}.log"
     env = dict(os.environ)
     env.update(system.env or {})
@@ -52,8 +56,9 @@ def start(system: System, logs: Path) -> Running:
     deadline = time.monotonic() + system.startup_timeout_s
     try:
         while time.monotonic() < deadline:
-            match = READY.search(log.read_text(errors="replace"))
-            if match:
+            matches = list(READY.finditer(log.read_text(errors="replace")))
+            if len(matches) >= system.workers:
+                match = matches[0]
                 pid = int(match["pid"]) if match["pid"] else process.pid
                 address = f"127.0.0.1:{match['port']}"
                 return Running(system, process, address, pid, log)

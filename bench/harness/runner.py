@@ -6,9 +6,11 @@ import collections
 import time
 from pathlib import Path
 
-from bench.harness.plan import Settings, plan
+from bench.harness import clients
+from bench.harness.plan import Settings, plan, split
 from bench.harness.processes import Running, start, tail
 from bench.harness.progress import say
+from bench.harness.results import failed
 from rnnstream import bench_report, loadgen
 
 MAX_RESTARTS = 2
@@ -17,7 +19,12 @@ MAX_RESTARTS = 2
 def measure(
     item: Running, streams: int, steps: int, duration_s: float, settings: Settings, model: str
 ) -> loadgen.LoadResult:
-    """One load-generator run against a started system."""
+    """One load-generator run against a started system.
+
+    In this process when the run has one client; else split over client processes
+    (:mod:`bench.harness.clients`), one per :class:`~bench.harness.plan.ClientShare`.
+    """
+    shares = split(streams, settings.clients, settings.channels)
     spec = loadgen.LoadSpec(
         target=item.address,
         streams=streams,
@@ -25,39 +32,18 @@ def measure(
         duration_s=duration_s,
         warmup_s=settings.warmup_s,
         model=model,
+        channels=shares[0].channels,
         server_pid=item.pid,
         timeout_s=settings.timeout_s,
         label=item.system.name,
     )
     try:
+        if len(shares) > 1:
+            return clients.run(spec, shares, item.system.protocol)
         return loadgen.run(spec, item.system.protocol())
     except Exception as exc:  # a system that fails one run still lets the others finish
         say(f"{item.system.name}: run failed: {type(exc).__name__}: {exc}")
-        return _failed(spec, f"{type(exc).__name__}: {exc}")
-
-
-def _failed(spec: loadgen.LoadSpec, message: str) -> loadgen.LoadResult:
-    nan = float("nan")
-    return loadgen.LoadResult(
-        label=spec.label,
-        target=spec.target,
-        streams=spec.streams,
-        window=spec.window,
-        steps_per_message=spec.steps_per_message,
-        channels=spec.n_channels,
-        elapsed_s=0.0,
-        messages=0,
-        timesteps=0,
-        errors=spec.streams,
-        error_messages=[message],
-        msg_per_s=0.0,
-        timesteps_per_s=0.0,
-        latency_us={"p50": nan, "p90": nan, "p99": nan, "mean": nan, "max": nan},
-        server_cpu_us_per_msg=None,
-        client_cpu_us_per_msg=None,
-        n_features=0,
-        n_outputs=0,
-    )
+        return failed(spec, f"{type(exc).__name__}: {exc}")
 
 
 def run_all(

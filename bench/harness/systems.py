@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import shlex
@@ -28,6 +29,15 @@ class System:
     env: dict[str, str] | None = None
     chunks: bool = True  # accepts k > 1 steps per message
     startup_timeout_s: float = 120.0
+    workers: int = 1  # serving processes, each printing its own ``serving ... on`` line
+
+
+def rnnstream_name(workers: int) -> str:
+    """What ``rnnstream serve --workers N`` is called: ``rnnstream`` alone, else ``rnnstream-wN``.
+
+    One process keeps the plain name, so the targets and earlier results still refer to it.
+    """
+    return "rnnstream" if workers == 1 else f"rnnstream-w{workers}"
 
 
 def available(
@@ -35,11 +45,14 @@ def available(
     model: str,
     server_args: Sequence[str] = (),
     extra: Mapping[str, str] | None = None,
+    workers: Sequence[int] = (1,),
 ) -> dict[str, System]:
     """Every system this machine can run, by name (peers only when set up).
 
-    ``server_args`` go to ``rnnstream serve``; ``extra`` adds rnnstream-protocol servers by
-    name, each a command line in which ``{models}`` and ``{model}`` are substituted.
+    ``server_args`` go to ``rnnstream serve``, which is offered once per count of
+    ``workers`` (named by :func:`rnnstream_name`); ``extra`` adds rnnstream-protocol
+    servers by name, each a command line in which ``{models}`` and ``{model}`` are
+    substituted.
     """
     python = sys.executable
     manifest = _manifest(models, model)
@@ -61,28 +74,29 @@ def available(
                 str(manifest["state_size"]),
             ],
         ),
-        "rnnstream": System(
-            "rnnstream",
-            [
-                python,
-                "-m",
-                "rnnstream.cli",
-                "serve",
-                "--models",
-                str(models),
-                "--default-model",
-                model,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--state-dir",
-                "",
-                *server_args,
-            ],
-        ),
         "diy": System("diy", [python, "-m", "bench.diy_server", *serves]),
     }
+    rnnstream = [
+        python,
+        "-m",
+        "rnnstream.cli",
+        "serve",
+        "--models",
+        str(models),
+        "--default-model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--state-dir",
+        "",
+        *server_args,
+    ]
+    for count in workers:
+        name = rnnstream_name(count)
+        more = [] if count == 1 else ["--workers", str(count)]
+        systems[name] = System(name, [*rnnstream, *more], workers=count)
     for name, adapter in PEER_ADAPTERS.items():
         if (PEERS / name / "venv" / "bin" / "python").exists():
             systems[name] = System(
@@ -101,15 +115,16 @@ def available(
 
 
 def _peer_protocol(module: str, name: str) -> Callable[[], loadgen.StreamProtocol]:
-    """A factory that imports the adapter only when used (peers' stubs come from setup.sh)."""
+    """A factory that imports the adapter only when used (peers' stubs come from setup.sh).
 
-    def make() -> loadgen.StreamProtocol:
-        factory: Callable[[], loadgen.StreamProtocol] = getattr(
-            importlib.import_module(module), name
-        )
-        return factory()
+    A partial of a module-level function, so it pickles: load-generator processes get it.
+    """
+    return functools.partial(_import_protocol, module, name)
 
-    return make
+
+def _import_protocol(module: str, name: str) -> loadgen.StreamProtocol:
+    factory: Callable[[], loadgen.StreamProtocol] = getattr(importlib.import_module(module), name)
+    return factory()
 
 
 def _manifest(models: Path, model: str) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -260,14 +259,10 @@ class LocalStore(SessionStore):
 
         return await self._run(request)
 
-    def handover_requests(
-        self, owner: str
-    ) -> AbstractAsyncContextManager[AsyncIterator[HandoverRequest]]:
-        """Poll for requests to ``owner`` made after entering the context."""
-        return self._handover_inbox(owner)
-
     @contextlib.asynccontextmanager
-    async def _handover_inbox(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
+    async def handover_requests(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
+        """Poll for requests to ``owner`` made after entering the context."""
+
         def last_id(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT coalesce(max(id), 0) FROM handovers").fetchone()[0])
 

@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -154,14 +153,9 @@ class RedisStore(SessionStore):
             )
         return None if holder is None else holder.decode()
 
-    def handover_requests(
-        self, owner: str
-    ) -> AbstractAsyncContextManager[AsyncIterator[HandoverRequest]]:
-        """Subscribe to ``owner``'s channel for the context's lifetime."""
-        return self._handover_inbox(owner)
-
     @contextlib.asynccontextmanager
-    async def _handover_inbox(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
+    async def handover_requests(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
+        """Subscribe to ``owner``'s channel for the context's lifetime."""
         async with self._subscribed(PREFIX + "handover:" + owner) as pubsub:
             yield self._requests(pubsub)
 

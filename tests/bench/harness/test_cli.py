@@ -94,3 +94,81 @@ def test_quick_is_short() -> None:
 def test_stream_counts_must_be_positive() -> None:
     with pytest.raises(SystemExit):
         cli.parse(["--chunk-streams", "0"])
+
+
+def test_each_worker_count_is_its_own_rnnstream_system_in_place() -> None:
+    settings = cli.parse(["--systems", "echo,rnnstream,diy", "--workers", "1,2"])
+    assert settings.systems == ["echo", "rnnstream", "rnnstream-w2", "diy"]
+    assert settings.workers == [1, 2]
+    assert cli.parse(["--systems", "rnnstream", "--workers", "4"]).systems == ["rnnstream-w4"]
+
+
+def test_clients_and_channels_reach_the_settings() -> None:
+    settings = cli.parse(["--clients", "3", "--channels", "2"])
+    assert (settings.clients, settings.channels) == (3, 2)
+    assert (cli.parse([]).clients, cli.parse([]).channels) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--workers", "0"],
+        ["--workers", "two"],
+        ["--systems", "echo", "--workers", "1,2"],
+        ["--server-args", "--workers 2"],
+        ["--clients", "0"],
+        ["--channels", "-1"],
+    ],
+)
+def test_bad_worker_client_and_channel_counts_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse(argv)
+
+
+@pytest.mark.slow
+def test_workers_and_clients_smoke(tiny_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    stdout = io.StringIO()
+    code = cli.main(
+        [
+            "--quick",
+            "--systems",
+            "rnnstream",
+            "--workers",
+            "1,2",
+            "--clients",
+            "2",
+            "--streams",
+            "1,16",
+            "--models",
+            str(tiny_models),
+            "--model",
+            "tiny",
+            "--out",
+            str(out),
+            "--no-plot",
+            "--logs",
+            str(tmp_path / "logs"),
+        ],
+        stdout=stdout,
+    )
+    assert code == 0, stdout.getvalue()
+    document = json.loads(out.read_text())
+    assert "--workers 2" in document["meta"]["commands"]["rnnstream-w2"]
+    assert "--workers" not in document["meta"]["commands"]["rnnstream"]
+    results = document["results"]
+    # 1 rep x (2 stream counts + 1 chunked) x 2 systems
+    assert len(results) == 6
+    assert {r["label"] for r in results} == {"rnnstream", "rnnstream-w2"}
+    assert all(r["errors"] == 0 and r["messages"] > 0 for r in results)
+    assert all(r["server_cpu_us_per_msg"] is not None for r in results)
+    split = [r for r in results if r["streams"] == 16]
+    assert len(split) == 2
+    for r in split:  # two client processes, 8 streams on 4 channels each
+        assert r["extra"]["clients"] == 2
+        assert r["extra"]["client_streams"] == [8, 8]
+        assert r["channels"] == 8
+        assert r["msg_per_s"] == pytest.approx(sum(r["extra"]["client_msg_per_s"]))
+    assert all("clients" not in r["extra"] for r in results if r["streams"] == 1)
+    w2_log = (tmp_path / "logs" / "rnnstream-w2.log").read_text()
+    assert w2_log.count("[worker 1]") and w2_log.count("[worker 2]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.harness import aggregate, report, runner, targets
+from bench.harness import aggregate, report, results, targets
 from bench.harness.aggregate import Cell
 from rnnstream import loadgen
 
@@ -79,7 +79,7 @@ def test_report_without_checks_has_no_targets_section() -> None:
 
 def test_failed_repetition_is_left_out_of_the_medians_but_counted() -> None:
     spec = loadgen.LoadSpec(target="127.0.0.1:1", streams=2, label="rnnstream")
-    failed = runner._failed(spec, "boom")
+    failed = results.failed(spec, "boom")
     good = [
         dataclasses.replace(failed, errors=0, error_messages=[], msg_per_s=rate)
         for rate in (100.0, 300.0)
