@@ -1,7 +1,9 @@
-"""Ids that route, and storms at Open, against a stand-in Predictor on 127.0.0.1.
+"""Ids that route, storms at Open and restores after a crash, against a stand-in Predictor.
 
-The stand-in records every call's metadata and every Open, refuses Opens or Steps on
-request, and answers Steps with zeros; it needs no model.
+The stand-in on 127.0.0.1 records every call's metadata, every Open and every Steps'
+start, refuses Opens or Steps on request, can report a ``durable_step`` and come back at
+an older step (a restore after a crash), and answers each step with the sum of its
+features; it needs no model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 
 import rnnstream
@@ -32,6 +35,8 @@ class StandIn(pb_grpc.PredictorServicer):
         self.refuse_opens = 0  # refuse this many Opens RESOURCE_EXHAUSTED, as a shedding core
         self.fail_steps: grpc.StatusCode | None = None  # fail the next Steps with this code
         self.next_step = 0
+        self.durable_step: int | None = None  # reported in Opened and Outputs when set
+        self.starts: list[int] = []  # Steps.start of every Steps applied
 
     def _record(self, method: str, context: grpc.ServicerContext) -> None:
         with self.lock:
@@ -51,6 +56,7 @@ class StandIn(pb_grpc.PredictorServicer):
                 model=INFO,
                 next_step=self.next_step,
                 return_sequences=True,
+                durable_step=self.durable_step,
             )
         )
         for request in request_iterator:
@@ -58,9 +64,11 @@ class StandIn(pb_grpc.PredictorServicer):
                 code, self.fail_steps = self.fail_steps, None
                 if code is not None:
                     context.abort(code, "injected")
-                n = len(request.steps.x) // INFO.n_features
-                self.next_step = request.steps.start + n
-                outputs = pb.Outputs(start=request.steps.start, y=[0.0] * n)
+                x = list(request.steps.x)
+                y = [a + b for a, b in zip(x[::2], x[1::2], strict=True)]
+                self.starts.append(request.steps.start)
+                self.next_step = request.steps.start + len(y)
+                outputs = pb.Outputs(start=request.steps.start, y=y, durable_step=self.durable_step)
                 yield pb.StreamResponse(outputs=outputs)
 
     def ListModels(self, request, context):  # noqa: N802
@@ -163,3 +171,21 @@ def test_the_asyncio_client_routes_and_retries_alike(stand_in):
     assert [o.create for o in servicer.opens] == [True, True, True]
     assert [method for method, _ in servicer.calls] == ["Stream"] * 3 + ["GetSession"]
     assert all(metadata[ROUTING_KEY] == session_id for _, metadata in servicer.calls)
+
+
+def test_a_restore_from_an_older_step_after_a_crash_loses_and_repeats_nothing(stand_in):
+    servicer, address = stand_in
+    servicer.durable_step = 0
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    sums = x.sum(axis=1)
+    with client_for(address) as client, client.session(chunk_size=4) as s:
+        np.testing.assert_array_equal(s.steps(x[:8]), sums[:8, None])
+        servicer.durable_step = 4  # the store caught up to step 4
+        np.testing.assert_array_equal(s.steps(x[8:10]), sums[8:10, None])
+        # The server dies; another restores the session from its store, at step 4.
+        servicer.next_step, servicer.starts = 4, []
+        servicer.fail_steps = grpc.StatusCode.UNAVAILABLE
+        y = s.steps(x[10:12])
+        assert s.reconnects == 1 and s.next_step == 12
+    np.testing.assert_array_equal(y, sums[10:12, None])  # only the new steps' outputs
+    assert servicer.starts == [4, 8, 10] and servicer.next_step == 12
