@@ -1,6 +1,7 @@
 # rnnstream: the README's two commands are `make serve` and `make test`.
 #   make serve   create .venv, install the server (no torch), serve the bundled models on :50051
-#   make test    create .venv, install everything, run ruff, mypy and pytest
+#   make test    create .venv, install everything (haproxy and redis-server too, when
+#                missing: apt-get as root), run ruff, mypy and pytest
 #   make proto   regenerate rnnstream/v1 from proto/ (committed; a test fails when stale)
 #   make bench   run the benchmark harness (see bench/ and docs/benchmarks.md)
 # GPU users: `make serve GPU=1` installs onnxruntime-gpu instead of onnxruntime.
@@ -12,7 +13,7 @@ TORCH_PIN := torch==2.13.0
 SERVER_EXTRA := $(if $(GPU),server-gpu,server)
 ARGS ?=
 
-.PHONY: serve test lint typecheck pytest proto bench clean
+.PHONY: serve test lint typecheck pytest proto bench clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +45,20 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy rnnstream tests bench
 
-pytest: $(VENV)/.installed-dev
+# The tests run a real HAProxy (tests/deploy) and a real Redis (the session store).
+SYSTEM_TOOLS := haproxy redis-server
+system-deps:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $$missing (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "the tests need: $$missing (Debian/Ubuntu: sudo apt-get install $$missing)" >&2; exit 1; \
+	  fi; \
+	fi
+
+pytest: $(VENV)/.installed-dev system-deps
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint typecheck pytest

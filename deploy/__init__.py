@@ -1,0 +1,1 @@
+"""Deployment files for rnnstream replicas behind a session-routing load balancer."""
