@@ -7,10 +7,12 @@ imports the other.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 
 import grpc
 
+from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS
 from rnnstream.errors import UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
@@ -22,8 +24,13 @@ MAX_BACKOFF_S = 5.0
 
 
 def backoff_delay(backoff: float, attempt: int) -> float:
-    """Seconds to wait before reconnect ``attempt`` (1-based): exponential, capped."""
-    return float(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S))
+    """Seconds to wait before retry ``attempt`` (1-based): full jitter.
+
+    Uniform between 0 and ``backoff * 2 ** (attempt - 1)``, capped at ``MAX_BACKOFF_S``;
+    the randomness spreads thousands of clients refused at once over the whole window
+    instead of bringing them back together.
+    """
+    return random.uniform(0.0, min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S))
 
 
 def find_n_features(models: Iterable[ModelInfo], name: str, version: str) -> int | None:
@@ -36,15 +43,27 @@ class ClientBase:
     """What ``Client`` and ``AsyncClient`` share without I/O.
 
     Their settings, the retry rule of unary calls and the cached model list.
+    ``resend_buffer_steps`` bounds the acknowledged steps each session keeps to resend
+    should a server with a session store crash and restore it from an older step.
     """
 
-    def __init__(self, address: str, timeout: float | None, max_retries: int, backoff: float):
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None,
+        max_retries: int,
+        backoff: float,
+        resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
+    ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        if resend_buffer_steps < 0:
+            raise ValueError(f"resend_buffer_steps must be 0 or more, got {resend_buffer_steps}")
         self.address = address
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
+        self.resend_buffer_steps = resend_buffer_steps
         self._models: dict[tuple[str, str], ModelInfo] = {}
         self._default_model = ""
 

@@ -9,10 +9,16 @@ they only move its messages over a gRPC stream. The rules it implements:
   chunk. Outputs reach the caller exactly once and in order.
 - Many-to-one: no ``Outputs``; chunks are acknowledged by ``Final.next_step`` and, on
   resume, by ``Opened.next_step``.
+- Ids: a new session gets an id made here and is opened with ``Open{session_id,
+  create}``; once an Opened arrived, every later Open is a plain resume by id (a session
+  that ended is not created again behind the caller's back).
 - Resume: a new stream sends ``Open{session_id}``; from ``Opened.next_step`` the core
   works out what the server applied and resends the rest (many-to-many resends every
   unacknowledged chunk: the server does not re-apply steps below ``next_step`` and
   answers them from its replay cache).
+- Restore after a crash: acknowledged chunks from the server's ``durable_step`` on stay
+  in a :class:`ResendLog`. An ``Opened.next_step`` below the acknowledged steps resends
+  them from there; the outputs of steps already delivered are not delivered again.
 - An ``End`` lost in flight is resent only if the server did not act on it (the driver
   asks ``GetSession.sequence_steps``; see ``resolve_end``).
 - A session goes through the :class:`Phase` values: new, open, and after a failed call
@@ -25,12 +31,13 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from rnnstream import _codec
+from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS, Chunk, ResendLog
+from rnnstream._session_id import check_session_id, new_session_id
 from rnnstream.errors import (
     DataLossError,
     FailedPreconditionError,
@@ -54,19 +61,6 @@ class Phase(enum.Enum):
     RESYNC = "resync"  # a call failed: take where the session stands from the next Opened
     CLOSING = "closing"  # closed by the caller: half-close once everything is sent
     HALF_CLOSED = "half-closed"  # closing, and this stream has written its half-close
-
-
-@dataclass
-class Chunk:
-    """Steps ``start..start+len(x)-1`` of the session: ``x [n, F]``."""
-
-    start: int
-    x: np.ndarray
-
-    @property
-    def end(self) -> int:
-        """One past the last step."""
-        return self.start + len(self.x)
 
 
 def _protocol_error(message: str) -> RnnstreamError:
@@ -104,6 +98,7 @@ class SessionCore:
         session_id: str | None,
         chunk_size: int,
         window: int,
+        resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -115,7 +110,11 @@ class SessionCore:
         self.return_state = return_state
         self.chunk_size = chunk_size
         self.window = window
-        self.id = session_id or ""
+        # A caller's id resumes that session; a new one is created under an id made here.
+        self.create = session_id is None
+        self.id = new_session_id() if session_id is None else check_session_id(session_id)
+        self.awaiting_opened = False  # an Open is written on the current stream, no answer yet
+        self.resend_log = ResendLog(resend_buffer_steps)
         self.info: ModelInfo | None = None
         self.return_sequences = True
         self.phase = Phase.NEW
@@ -154,13 +153,15 @@ class SessionCore:
         return self.info
 
     def open_request(self) -> pb.StreamRequest:
-        """The Open for a new stream: create the session, or resume it by id."""
+        """The Open for a new stream: create the session under its id, or resume it."""
         open_ = pb.Open(
             model=self.requested_model,
             version=self.requested_version,
             session_id=self.id,
             return_state=self.return_state,
+            create=self.create and not self.opened,
         )
+        self.awaiting_opened = True
         if self.opened:
             open_.return_sequences = self.return_sequences  # keep the mode we run in
         elif self.requested_return_sequences is not None:
@@ -169,6 +170,8 @@ class SessionCore:
 
     def enqueue(self, x: np.ndarray) -> None:
         """Number ``x [T, F]`` from ``next_step`` on and queue it in chunks."""
+        if self.resend_log.durable_step is not None:
+            x = x.copy()  # kept past this call to resend: the caller may reuse its array
         for i in range(0, len(x), self.chunk_size):
             chunk = Chunk(self.next_step, x[i : i + self.chunk_size])
             self.pending.append(chunk)
@@ -201,15 +204,20 @@ class SessionCore:
         """Take in the answer to Open; True when an End may have been lost in flight.
 
         On resume, chunks the server applied are dropped (many-to-one) or kept to be
-        resent for their outputs (many-to-many), and everything is unsent again.
+        resent for their outputs (many-to-many), and everything is unsent again. A
+        restore from before the acknowledged steps takes them back from the resend log.
         """
+        self.awaiting_opened = False
         n = msg.next_step
+        durable = msg.durable_step if msg.HasField("durable_step") else None
         if not self.opened or self.phase is Phase.RESYNC:
             self.id = msg.session_id
             self.info = ModelInfo.from_proto(msg.model)
             self.return_sequences = msg.return_sequences
             self.next_step = self.delivered = n
             self.pending.clear()
+            self.resend_log.clear()
+            self.resend_log.durable(durable)
             if self.phase is Phase.RESYNC:
                 self.seq_steps = None
             if self.phase in (Phase.NEW, Phase.RESYNC):
@@ -223,17 +231,16 @@ class SessionCore:
                 f"{self.next_step - 1}: another client streamed to it meanwhile; open it "
                 "again by id to continue from where it stands"
             )
-        if n < acked:
-            raise FailedPreconditionError(
-                f"session {self.id} is at step {n}, but the server had already acknowledged "
-                f"steps up to {acked - 1}: the server lost them (restarted?); open a new session"
-            )
+        # Raises DataLossError when a restore went back further than the log reaches.
+        self.pending.extendleft(reversed(self.resend_log.take_back(n, acked, self.id)))
+        self.resend_log.durable(durable)
         if not self.return_sequences:
             while self.pending and self.pending[0].end <= n:
-                self.pending.popleft()
+                self.resend_log.acknowledged(self.pending.popleft())
             if self.pending and self.pending[0].start < n:
                 first = self.pending[0]
-                self.pending[0] = Chunk(n, first.x[n - first.start :])
+                self.resend_log.acknowledged(first.before(n))
+                self.pending[0] = first.since(n)
         self._reset_stream()
         uncertain = (
             self.end_sent
@@ -278,7 +285,7 @@ class SessionCore:
         """
         if self.closing and not self.pending:
             return True
-        if not is_retryable(error) or failures >= max_retries:
+        if not is_retryable(error, at_open=self.awaiting_opened) or failures >= max_retries:
             self.after_error(error)
             raise error
         return False
@@ -354,15 +361,19 @@ class SessionCore:
                 "chunk_size * window at or below the server's --replay-steps; the session "
                 f"continues from step {chunk.end}"
             )
+        if msg.HasField("durable_step"):
+            self.resend_log.durable(msg.durable_step)
+        self.resend_log.acknowledged(self.pending.popleft())
+        self.sent -= 1
+        self.inflight -= 1
+        if chunk.end <= self.delivered:
+            return  # resent after a restore: its outputs were delivered before the crash
         if states is not None:
             self.collected_states.append(states)
             self.state = states[-1]
         self.collected_y.append(y)
         self.last_y = y[-1]
         self.delivered = chunk.end
-        self.pending.popleft()
-        self.sent -= 1
-        self.inflight -= 1
 
     def on_final(self, msg: pb.Final) -> None:
         """The end of a sequence: everything before ``next_step`` is acknowledged."""
@@ -373,7 +384,11 @@ class SessionCore:
                 f"Final says the session is at step {msg.next_step}, this client sent steps up "
                 f"to {self.next_step - 1}"
             )
-        self.pending.clear()
+        if msg.HasField("durable_step"):
+            self.resend_log.durable(msg.durable_step)
+        while self.pending:
+            self.resend_log.acknowledged(self.pending.popleft())
+        self.resend_log.sequence_ended(msg.next_step)
         self.sent = self.inflight = 0
         self.delivered = msg.next_step
         if len(msg.state):
@@ -462,7 +477,7 @@ class SessionView:
 
     @property
     def id(self) -> str:
-        """The server-generated session id: pass it to ``session(session_id=...)`` to resume."""
+        """The session's id (a new one's is made here): resume with ``session(session_id=...)``."""
         return self._core.id
 
     @property

@@ -33,6 +33,7 @@ from rnnstream._client_base import (
     backoff_delay,
 )
 from rnnstream._health import health_check_call, health_request, health_status
+from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS
 from rnnstream._session import (
     END_OF_STREAM,
     HALF_CLOSE,
@@ -42,6 +43,7 @@ from rnnstream._session import (
     ended_unexpectedly,
     unwrap,
 )
+from rnnstream._session_id import Metadata, routing_metadata
 from rnnstream.errors import RnnstreamError, UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo, SessionInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
@@ -62,8 +64,9 @@ def _cancelling() -> bool:
 class _AsyncStream:
     """One attempt at the Stream RPC; a reader task queues answers so reads can time out."""
 
-    def __init__(self, stub: pb_grpc.PredictorStub) -> None:
-        self.call: Any = stub.Stream()  # type: ignore[call-arg]  # aio: no request iterator
+    def __init__(self, stub: pb_grpc.PredictorStub, metadata: Metadata) -> None:
+        # aio: no request iterator
+        self.call: Any = stub.Stream(metadata=metadata)  # type: ignore[call-arg]
         self._responses: asyncio.Queue[object] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(), name="rnnstream-reader")
 
@@ -242,7 +245,7 @@ class AsyncSession(SessionView):
     async def _connect(self) -> None:
         core = self._core
         resuming = core.opened
-        self._stream = stream = _AsyncStream(self._client._stub)
+        self._stream = stream = _AsyncStream(self._client._stub, routing_metadata(core.id))
         await stream.send(core.open_request(), self._client.timeout)
         if core.on_open_answer(await stream.recv(self._client.timeout)):
             info = await self._client.get_session(core.id)
@@ -307,8 +310,9 @@ class AsyncClient(ClientBase):
         credentials: grpc.ChannelCredentials | None = None,
         max_retries: int = 5,
         backoff: float = 0.1,
+        resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
     ) -> None:
-        super().__init__(address, timeout, max_retries, backoff)
+        super().__init__(address, timeout, max_retries, backoff, resend_buffer_steps)
         opts = list(options or [])
         self._channel = (
             grpc.aio.secure_channel(address, credentials, options=opts)
@@ -318,12 +322,16 @@ class AsyncClient(ClientBase):
         self._stub = pb_grpc.PredictorStub(self._channel)
 
     async def _call(
-        self, method: Callable[..., Awaitable[T]], request: object, retry: bool = True
+        self,
+        method: Callable[..., Awaitable[T]],
+        request: object,
+        retry: bool = True,
+        metadata: Metadata | None = None,
     ) -> T:
         failures = 0
         while True:
             try:
-                return await method(request, timeout=self.timeout)
+                return await method(request, timeout=self.timeout, metadata=metadata)
             except grpc.RpcError as err:
                 delay = self._retry_delay(err, failures, retry)
                 failures += 1
@@ -352,6 +360,7 @@ class AsyncClient(ClientBase):
         session_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         window: int = 1,
+        resend_buffer_steps: int | None = None,
     ) -> AsyncSession:
         """A session to open with ``async with`` or ``await``; see :meth:`Client.session`."""
         core = SessionCore(
@@ -362,6 +371,9 @@ class AsyncClient(ClientBase):
             session_id=session_id,
             chunk_size=chunk_size,
             window=window,
+            resend_buffer_steps=(
+                self.resend_buffer_steps if resend_buffer_steps is None else resend_buffer_steps
+            ),
         )
         return AsyncSession(self, core)
 
@@ -385,14 +397,16 @@ class AsyncClient(ClientBase):
     async def get_session(self, session_id: str) -> SessionInfo:
         """Where a session stands; NotFoundError once it ended or expired."""
         request = pb.GetSessionRequest(session_id=session_id)
-        response: pb.SessionInfo = await self._call(self._stub.GetSession, request)
+        response: pb.SessionInfo = await self._call(
+            self._stub.GetSession, request, metadata=routing_metadata(session_id)
+        )
         return SessionInfo.from_proto(response)
 
     async def delete_session(self, session_id: str) -> bool:
         """End a session now; NotFoundError if there is none."""
         request = pb.DeleteSessionRequest(session_id=session_id)
         response: pb.DeleteSessionResponse = await self._call(
-            self._stub.DeleteSession, request, retry=False
+            self._stub.DeleteSession, request, retry=False, metadata=routing_metadata(session_id)
         )
         return response.deleted
 

@@ -34,6 +34,7 @@ from rnnstream._client_base import (
     backoff_delay,
 )
 from rnnstream._health import health_check_call, health_request, health_status
+from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS
 from rnnstream._session import (
     END_OF_STREAM,
     HALF_CLOSE,
@@ -43,6 +44,7 @@ from rnnstream._session import (
     ended_unexpectedly,
     unwrap,
 )
+from rnnstream._session_id import Metadata, routing_metadata
 from rnnstream.errors import RnnstreamError, UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo, SessionInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
@@ -58,10 +60,10 @@ class _Stream:
     than that is treated as dropped.
     """
 
-    def __init__(self, stub: pb_grpc.PredictorStub) -> None:
+    def __init__(self, stub: pb_grpc.PredictorStub, metadata: Metadata) -> None:
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._responses: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self.call: Any = stub.Stream(self._request_iterator())
+        self.call: Any = stub.Stream(self._request_iterator(), metadata=metadata)
         self._reader = threading.Thread(target=self._read, name="rnnstream-reader", daemon=True)
         self._reader.start()
 
@@ -244,7 +246,7 @@ class Session(SessionView):
         """Open a stream, send Open, take Opened; resolve an End that may have been lost."""
         core = self._core
         resuming = core.opened
-        self._stream = stream = _Stream(self._client._stub)
+        self._stream = stream = _Stream(self._client._stub, routing_metadata(core.id))
         stream.send(core.open_request())
         if core.on_open_answer(stream.recv(self._client.timeout)):
             core.resolve_end(self._client.get_session(core.id).sequence_steps)
@@ -291,8 +293,10 @@ class Client(ClientBase):
     """A connection to an rnnstream server; a context manager that closes its channel.
 
     ``timeout`` bounds each unary call and each wait for an answer on a stream.
-    Sessions reconnect up to ``max_retries`` times in a row, waiting ``backoff`` seconds,
-    doubling, between tries.
+    Sessions reconnect (and Opens a server sheds are tried again) up to ``max_retries``
+    times in a row, waiting a random time up to ``backoff`` seconds, doubling, between
+    tries. Each session keeps up to ``resend_buffer_steps`` acknowledged steps that the
+    server's session store does not hold yet, to resend should the server crash.
 
     Example::
 
@@ -311,8 +315,9 @@ class Client(ClientBase):
         credentials: grpc.ChannelCredentials | None = None,
         max_retries: int = 5,
         backoff: float = 0.1,
+        resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
     ) -> None:
-        super().__init__(address, timeout, max_retries, backoff)
+        super().__init__(address, timeout, max_retries, backoff, resend_buffer_steps)
         opts = list(options or [])
         self._channel = (
             grpc.secure_channel(address, credentials, options=opts)
@@ -321,12 +326,18 @@ class Client(ClientBase):
         )
         self._stub = pb_grpc.PredictorStub(self._channel)
 
-    def _call(self, method: Callable[..., T], request: object, retry: bool = True) -> T:
+    def _call(
+        self,
+        method: Callable[..., T],
+        request: object,
+        retry: bool = True,
+        metadata: Metadata | None = None,
+    ) -> T:
         """A unary call with the SDK's error mapping and retries on UNAVAILABLE."""
         failures = 0
         while True:
             try:
-                return method(request, timeout=self.timeout)
+                return method(request, timeout=self.timeout, metadata=metadata)
             except grpc.RpcError as err:
                 delay = self._retry_delay(err, failures, retry)
                 failures += 1
@@ -359,13 +370,15 @@ class Client(ClientBase):
         session_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         window: int = 1,
+        resend_buffer_steps: int | None = None,
     ) -> Session:
-        """Open a new session (or resume ``session_id``) and return it.
+        """Open a new session under a new id (or resume ``session_id``) and return it.
 
         ``return_sequences`` None uses the model's default mode. ``chunk_size`` steps go
         in one message and up to ``window`` messages are in flight at once; keep
         ``chunk_size * window`` at or below the server's replay cache (64 steps by
-        default) so outputs survive a reconnect.
+        default) so outputs survive a reconnect. ``resend_buffer_steps`` None: the
+        client's.
 
         Example::
 
@@ -381,6 +394,9 @@ class Client(ClientBase):
             session_id=session_id,
             chunk_size=chunk_size,
             window=window,
+            resend_buffer_steps=(
+                self.resend_buffer_steps if resend_buffer_steps is None else resend_buffer_steps
+            ),
         )
         return Session(self, core)
 
@@ -409,14 +425,16 @@ class Client(ClientBase):
     def get_session(self, session_id: str) -> SessionInfo:
         """Where a session stands; NotFoundError once it ended or expired."""
         request = pb.GetSessionRequest(session_id=session_id)
-        response: pb.SessionInfo = self._call(self._stub.GetSession, request)
+        response: pb.SessionInfo = self._call(
+            self._stub.GetSession, request, metadata=routing_metadata(session_id)
+        )
         return SessionInfo.from_proto(response)
 
     def delete_session(self, session_id: str) -> bool:
         """End a session now (its live stream is told why); NotFoundError if there is none."""
         request = pb.DeleteSessionRequest(session_id=session_id)
         response: pb.DeleteSessionResponse = self._call(
-            self._stub.DeleteSession, request, retry=False
+            self._stub.DeleteSession, request, retry=False, metadata=routing_metadata(session_id)
         )
         return response.deleted
 

@@ -72,8 +72,10 @@ class DataLossError(RnnstreamError):
 
     Raised on resume when the server no longer caches the outputs of steps it applied
     before the drop (keep ``chunk_size * window`` at or below the server's
-    ``--replay-steps``), or when a many-to-one ``Final`` was lost after the server ended
-    the sequence. The session itself is intact: its state and ``next_step`` are right.
+    ``--replay-steps``), when a many-to-one ``Final`` was lost after the server ended
+    the sequence, or when a server restored the session from an older step than the
+    client can resend from (see ``resend_buffer_steps``). The session itself is intact:
+    its state and ``next_step`` are right.
     """
 
     default_code = grpc.StatusCode.DATA_LOSS
@@ -127,14 +129,19 @@ def from_rpc_error(error: grpc.RpcError) -> RnnstreamError:
     return cls(str(details or code.name.lower()), code)
 
 
-def is_retryable(error: RnnstreamError) -> bool:
+def is_retryable(error: RnnstreamError, at_open: bool = False) -> bool:
     """Whether a session should reconnect and resume after ``error`` on its stream.
 
     Retried: the server unreachable or draining (``UNAVAILABLE``, ``SessionEnded`` with
     reason ``DRAINING``), the stream cancelled underneath the SDK (connection reset) and
-    no response within the client's timeout. Not retried: everything the server refused,
-    and a session another client took over (``SUPERSEDED``).
+    no response within the client's timeout; and, with ``at_open`` (the error came before
+    the stream's ``Opened``), ``RESOURCE_EXHAUSTED``: a server shedding a reconnect storm
+    refuses new calls so, and nothing of the session was touched. Not retried: everything
+    else the server refused (a message too large, a failed step), and a session another
+    client took over (``SUPERSEDED``).
     """
     if isinstance(error, SessionEndedError):
         return error.reason == "DRAINING"
+    if at_open and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return True
     return isinstance(error, UnavailableError) or error.code == grpc.StatusCode.CANCELLED
