@@ -127,10 +127,11 @@ def test_replicas_are_a_statefulset_behind_a_headless_service_with_grpc_probes()
     assert env["RNNSTREAM_STORE"] == "redis://redis:6379/0"
     redis = objects[("Service", "redis")]
     assert redis["spec"]["ports"][0]["port"] == 6379
-    # Every other RNNSTREAM_* variable is a setting the server reads, with a valid value.
+    # Every RNNSTREAM_* variable is a setting the server reads, with a valid value.
     settings = Settings.from_env(env)
     known = {"RNNSTREAM_" + f.name.upper() for f in dataclasses.fields(Settings)}
-    assert set(env) - known == {"RNNSTREAM_STORE"}
+    assert set(env) <= known, set(env) - known
+    assert settings.store == "redis://redis:6379/0"
     assert settings.port == 50051
     # The kubelet must not kill a drain: grace for in-flight work plus the write grace.
     pod = replicas["spec"]["template"]["spec"]
