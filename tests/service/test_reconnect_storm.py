@@ -69,10 +69,12 @@ class RetryCount:
 
     def __init__(self, patch: pytest.MonkeyPatch) -> None:
         self.count = 0
+        self.most_in_a_row = 0
         original = rnnstream.aio.backoff_delay
 
         def counting(backoff: float, attempt: int) -> float:
             self.count += 1
+            self.most_in_a_row = max(self.most_in_a_row, attempt)
             return original(backoff, attempt)
 
         patch.setattr(rnnstream.aio, "backoff_delay", counting)
@@ -149,4 +151,7 @@ def test_a_server_at_its_pending_limit_sheds_the_storm_and_every_session_opens(
     results = run_storm(server.address)
     assert not failures(results), failures(results)
     assert retries.count > 0  # the server refused Opens, and the SDK retried them
-    print(f"--max-pending-requests 500: {SESSIONS} sessions, {retries.count} retries")
+    print(
+        f"--max-pending-requests 500: {SESSIONS} sessions, {retries.count} retries, "
+        f"at most {retries.most_in_a_row} in a row"
+    )
