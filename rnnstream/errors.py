@@ -129,19 +129,33 @@ def from_rpc_error(error: grpc.RpcError) -> RnnstreamError:
     return cls(str(details or code.name.lower()), code)
 
 
+# How grpc's asyncio client reports a call the server's grpc core refused before any
+# handler saw it (past ``grpc.server.max_pending_requests``): the write of the Open fails
+# and the call ends INTERNAL with this message instead of the server's RESOURCE_EXHAUSTED.
+CORE_REFUSAL_DETAILS = "Internal error from Core"
+
+
+def _refused_before_handler(error: RnnstreamError) -> bool:
+    """Whether ``error`` is a server shedding load: RESOURCE_EXHAUSTED, or grpc core's INTERNAL."""
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return True
+    return error.code == grpc.StatusCode.INTERNAL and error.details == CORE_REFUSAL_DETAILS
+
+
 def is_retryable(error: RnnstreamError, at_open: bool = False) -> bool:
     """Whether a session should reconnect and resume after ``error`` on its stream.
 
     Retried: the server unreachable or draining (``UNAVAILABLE``, ``SessionEnded`` with
     reason ``DRAINING``), the stream cancelled underneath the SDK (connection reset) and
     no response within the client's timeout; and, with ``at_open`` (the error came before
-    the stream's ``Opened``), ``RESOURCE_EXHAUSTED``: a server shedding a reconnect storm
-    refuses new calls so, and nothing of the session was touched. Not retried: everything
-    else the server refused (a message too large, a failed step), and a session another
-    client took over (``SUPERSEDED``).
+    the stream's ``Opened``), a server shedding a reconnect storm: it refuses new calls with
+    ``RESOURCE_EXHAUSTED``, or its grpc core refuses them before any handler and the client
+    sees ``INTERNAL`` "Internal error from Core"; nothing of the session was touched. Not
+    retried: everything else the server refused (a message too large, a failed step, any
+    other ``INTERNAL``), and a session another client took over (``SUPERSEDED``).
     """
     if isinstance(error, SessionEndedError):
         return error.reason == "DRAINING"
-    if at_open and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if at_open and _refused_before_handler(error):
         return True
     return isinstance(error, UnavailableError) or error.code == grpc.StatusCode.CANCELLED
