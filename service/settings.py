@@ -63,8 +63,8 @@ class Settings:
         default=10_000,
         metadata={
             "help": "calls that arrived but no handler has picked up yet (a reconnect storm); "
-            "past this grpc refuses a growing share of new calls with RESOURCE_EXHAUSTED, "
-            "past twice this every one"
+            "past this grpc core refuses a growing share of new calls (INTERNAL 'Internal "
+            "error from Core'; the SDK retries it at Open), past twice this every one"
         },
     )
     state_dir: str = field(
