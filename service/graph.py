@@ -140,6 +140,10 @@ class _SingleBinding:
             (OUTPUT_STATE, self.state_out, self.binding.bind_output),
         ):
             bind(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+        # Last, so that it is released after the binding: onnxruntime's IOBinding keeps a raw
+        # pointer to its session and no reference, and garbage collection frees objects in
+        # no particular order; a binding that outlived its session could touch freed memory.
+        self.session = graph.session
 
 
 def check_graph(

@@ -16,20 +16,13 @@ from rnnstream.server.repository import ModelRepository
 from rnnstream.server.settings import Settings
 from tests.service.duplex import Duplex
 from tests.service.processes import start_process
-from tests.service.store.redis_server import RedisServer
+from tests.service.store.redis_server import RedisServer, running_redis
 
 LEASE_TTL_S = 1.0
 DEBUG = False  # print the servers' last log lines after each test
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis_server = pytest.fixture(scope="module", name="redis_server")(running_redis)
 
 
 Start = Callable[..., tuple[subprocess.Popen[str], str]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 from rnnstream.server.snapshot import SessionRecord
 from rnnstream.server.store import GraphIdentity, SessionStore, StoredSession
 from rnnstream.server.store.local_store import LocalStore
-from tests.service.store.redis_server import RedisServer
+from tests.service.store.redis_server import RedisServer, running_redis
 
 GRAPH = GraphIdentity("tiny", "1", "ab" * 32, n_outputs=3, state_size=5)
 
@@ -47,14 +47,7 @@ class Backend:
     plant: Callable[[str, bytes], None]
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis_server = pytest.fixture(scope="session", name="redis_server")(running_redis)
 
 
 def _redis_backend(server: RedisServer) -> Backend:

@@ -6,7 +6,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import free_port
 
@@ -55,3 +58,13 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(b"FLUSHALL\r\n")
             assert s.recv(16).startswith(b"+OK")
+
+
+def running_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port for the fixture's scope, stopped after it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
