@@ -27,9 +27,14 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def is_session_id(session_id: object) -> bool:
+    """Whether ``session_id`` follows the rule (the server checks ids with this too)."""
+    return isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id) is not None
+
+
 def check_session_id(session_id: str) -> str:
     """``session_id`` if it follows the rule; ValueError naming the rule otherwise."""
-    if not isinstance(session_id, str) or _SESSION_ID.fullmatch(session_id) is None:
+    if not is_session_id(session_id):
         raise ValueError(f"session_id must be {SESSION_ID_RULE}, got {session_id!r}")
     return session_id
 

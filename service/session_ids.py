@@ -1,14 +1,15 @@
-"""Session ids: the rule a client-chosen id must follow, and the ids the server makes."""
+"""Session ids: the rule a client-chosen id must follow, and the ids the server makes.
+
+The rule itself is the SDK's (``rnnstream._session_id``): client and server check one rule.
+"""
 
 from __future__ import annotations
 
-import re
 import secrets
 
+from rnnstream._session_id import SESSION_ID_RULE as ID_RULE
+from rnnstream._session_id import is_session_id
 from rnnstream.server.errors import InvalidArgument
-
-ID_RULE = "16 to 128 characters of [A-Za-z0-9_-]"
-_VALID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 def new_session_id() -> str:
@@ -18,7 +19,7 @@ def new_session_id() -> str:
 
 def check_session_id(session_id: str, field: str) -> None:
     """Refuse an id outside the rule with InvalidArgument naming ``field`` and the rule."""
-    if _VALID.fullmatch(session_id) is None:
+    if not is_session_id(session_id):
         shown = session_id if len(session_id) <= 40 else session_id[:40] + "..."
         raise InvalidArgument(
             f"{field} {shown!r} is not a session id: ids are {ID_RULE} "
