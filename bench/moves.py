@@ -1,15 +1,18 @@
-"""Time of the Open that moves a session between two live server processes sharing Redis.
+"""Time of the Open that moves a session between two live server processes sharing a store.
 
-Starts a private ``redis-server`` (or uses ``--redis``) and two ``rnnstream serve
---store`` processes on the bundled models, creates N sessions on the first (Open.create
-with client ids, a few steps each), then moves every session to the other process and
-back, ``--rounds`` times. Each move is a resuming Open on a new stream of the process
-that does not hold the session: it asks the owner to hand the session over (the owner
-checkpoints and releases it), takes the lease and loads the entry. Prints p50 and p99 of
-the time from sending that Open to receiving Opened.
+Starts a private ``redis-server`` (or uses ``--redis``; or, with ``--store local``, a
+temporary state directory whose SQLite store both share, as the workers of one machine
+do) and two ``rnnstream serve --store`` processes on the bundled models, creates N
+sessions on the first (Open.create with client ids, a few steps each), then moves every
+session to the other process and back, ``--rounds`` times. Each move is a resuming Open
+on a new stream of the process that does not hold the session: its one store call asks
+the owner, which writes the entry and gives the lease to it in one more (the entry comes
+with the grant). Prints p50 and p99 of the time from sending that Open to receiving
+Opened.
 
     python -m bench.moves                       # 200 sessions, 3 rounds
     python -m bench.moves --sessions 50 --rounds 1
+    python -m bench.moves --store local         # the local store (SQLite) instead of Redis
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +44,7 @@ STEPS_PER_VISIT = 4
 
 
 @contextlib.contextmanager
-def replica(redis_url: str) -> Iterator[str]:
+def replica(store: str, state_dir: str = "") -> Iterator[str]:
     """An ``rnnstream serve --store`` process on a free port; its address. Stopped at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSTREAM_")}
     command = [
@@ -51,7 +55,7 @@ def replica(redis_url: str) -> Iterator[str]:
         "--models",
         str(bundled_models_dir()),
     ]
-    command += ["--host", "127.0.0.1", "--port", "0", "--state-dir", "", "--store", redis_url]
+    command += ["--host", "127.0.0.1", "--port", "0", "--state-dir", state_dir, "--store", store]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     try:
@@ -104,13 +108,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="moves there and back per session")
     parser.add_argument("--redis", default="", help="an existing Redis (default: a private one)")
+    parser.add_argument(
+        "--store", choices=("redis", "local"), default="redis", help="the store both share"
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     ids = [f"bench-move-{i:012d}" for i in range(args.sessions)]
     with contextlib.ExitStack() as stack:
-        url = args.redis or stack.enter_context(private_redis())
-        a = stack.enter_context(grpc.insecure_channel(stack.enter_context(replica(url))))
-        b = stack.enter_context(grpc.insecure_channel(stack.enter_context(replica(url))))
+        if args.store == "local":
+            url, state_dir = "local", stack.enter_context(tempfile.TemporaryDirectory())
+        else:
+            url, state_dir = args.redis or stack.enter_context(private_redis()), ""
+        a, b = (
+            stack.enter_context(grpc.insecure_channel(stack.enter_context(replica(url, state_dir))))
+            for _ in range(2)
+        )
         stubs = [pb_grpc.PredictorStub(a), pb_grpc.PredictorStub(b)]
         created = [visit(stubs[0], session_id, rng) for session_id in ids]
         moves = [
@@ -118,12 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in range(2 * args.rounds)
             for session_id in ids
         ]
-    p50c, p50, p99 = (
-        np.percentile(v, q) * 1e3 for v, q in ((created, 50), (moves, 50), (moves, 99))
+    p50c, p50, p90, p99 = (
+        np.percentile(v, q) * 1e3 for v, q in ((created, 50), (moves, 50), (moves, 90), (moves, 99))
     )
     print(f"create Open p50 {p50c:.2f} ms ({len(created)} sessions)")
     print(
-        f"moving Open p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(moves)} moves between 2 processes)"
+        f"moving Open p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms ({len(moves)} moves "
+        "between 2 "
+        f"processes, {args.store} store)"
     )
     return 0
 

@@ -4,21 +4,23 @@
 
 - ``create_here``: a new session under a server-made id takes its lease first.
 - ``bring``: an Open of a session this process does not hold takes its lease
-  (``Ownership.take``: the live owner hands it over, or its lease expires), loads its
-  entry and restores it here from the entry's step (``restored_step``, ``durable_step``).
+  (``Ownership.take``: the live owner hands it over with its entry, or its lease
+  expires and the entry is loaded) and restores it here from the entry's step
+  (``restored_step``, ``durable_step``).
   An entry of another graph, or a corrupt one, is refused with the reason (NOT_FOUND,
   like a snapshot session that could not be restored); with ``create`` an absent entry
   makes a new session under the id.
 - ``hand_over``: the owner side of a move. The session's live stream ends (superseded:
-  "the session moved to another server process"), its step in flight finishes, it is
-  checkpointed under its lease and released, and forgotten here (not counted as ended).
+  "the session moved to another server process"), its step in flight finishes, and one
+  store call writes its entry and gives its lease to the asking process, which is told
+  (with the entry); it is forgotten here (not counted as ended).
 - ``checkpoint``: sessions changed since their last checkpoint (or all of them, at
   drain) in one ``checkpoint_many``; the records are taken on the event loop, so each is
   consistent with its ``next_step``. A written session's ``durable_step`` moves on.
 
-``run`` is the background work of a process with a store: hand-over requests addressed
-to it, lease renewal every third of the TTL (a lease found lost drops its session), and
-checkpoints every ``--snapshot-interval-s``.
+``run`` is the background work of a process with a store: its inbox (hand-over requests
+to serve, grants and releases for ``Ownership``), lease renewal every third of the TTL (a
+lease found lost drops its session), and checkpoints every ``--snapshot-interval-s``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from rnnstream.server.errors import NotFound, ResourceExhausted
 from rnnstream.server.ownership import Ownership, unreachable
 from rnnstream.server.session_ids import new_session_id
 from rnnstream.server.sessions import Session, SessionManager
-from rnnstream.server.store import LeaseLost, StoredSession, StoreEntryError, StoreUnavailable
+from rnnstream.server.store import (
+    HandoverRequest,
+    StoredSession,
+    StoreEntryError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ class SessionMover:
         self.store = ownership.store
         # One arrival per session id at a time: a second Open waits for the first.
         self._arrivals: dict[str, asyncio.Lock] = {}
+        # Set while the inbox is being read (grants to this process arrive there).
+        self.listening = asyncio.Event()
 
     async def bring(
         self,
@@ -69,9 +78,10 @@ class SessionMover:
                 session = self.sessions.find(session_id)
                 if session is not None:  # an Open that waited for the lock
                     return session
-                lease = await self.ownership.take(session_id)
+                taken = await self.ownership.take(session_id)
+                lease = taken.lease
                 try:
-                    stored = await self._load(session_id)
+                    stored = await self._checked(session_id, taken.stored)
                     if stored is not None:
                         return self._restore(stored)
                     if not create:
@@ -101,7 +111,7 @@ class SessionMover:
     ) -> Session:
         """A new session under a server-made id, with its lease (nobody else can hold it)."""
         session_id = new_session_id()
-        lease = await self.ownership.take(session_id)
+        lease = (await self.ownership.take(session_id)).lease
         try:
             session = self.sessions.create(
                 model, version, return_sequences, return_state, idle_ttl_s, session_id
@@ -113,10 +123,13 @@ class SessionMover:
         session.durable_step = 0
         return session
 
-    async def _load(self, session_id: str) -> StoredSession | None:
-        """The session's entry; NotFound with the reason when it cannot be used here."""
+    async def _checked(self, session_id: str, handed: StoredSession | None) -> StoredSession | None:
+        """The session's entry, ``handed`` over or else loaded.
+
+        Raises NotFound with the reason when it cannot be used here.
+        """
         try:
-            stored = await self.store.load(session_id)
+            stored = handed or await self.store.load(session_id)
         except StoreUnavailable as exc:
             raise unreachable(exc) from exc
         except StoreEntryError as exc:
@@ -155,32 +168,36 @@ class SessionMover:
         )
         return session
 
-    async def hand_over(self, session_id: str) -> None:
+    async def hand_over(self, request: HandoverRequest) -> None:
         """Give the session to the process that asked for it (see the module docstring).
 
-        When the checkpoint cannot be written (the store is unreachable) the hand-over is
-        undone: the session stays here under its lease, and the asking process is refused
-        rather than given a stale entry.
+        When the store cannot be reached the hand-over is undone: the session stays here
+        under its lease, and the asking process is refused rather than given a stale entry.
         """
+        session_id = request.session_id
         lease = self.ownership.forget(session_id)  # from here on no step applies
         if lease is None:
             return
         session = self.sessions.find(session_id)
-        if session is not None:
-            self.sessions.end_stream_for_move(session)
-            await self.sessions.settle(session)
-            stored = session_snapshot.stored(session, self.sessions.clock())
-            try:
-                await self.store.checkpoint(lease, stored)
-            except LeaseLost:
-                pass  # another process owns it already: the store kept the newer write
-            except StoreUnavailable as exc:
-                log.warning("hand-over of session %s undone: %s", session_id, exc)
-                self.ownership.keep_unconfirmed(lease)
-                return
-            self.sessions.forget(session)
-        await self.ownership.release(lease)
-        log.debug("session handed over", extra={"session_id": session_id, "event": "handover"})
+        if session is None:  # gone meanwhile (ended): nothing to hand over
+            await self.ownership.release(lease)
+            return
+        self.sessions.end_stream_for_move(session)
+        await self.sessions.settle(session)
+        stored = session_snapshot.stored(session, self.sessions.clock())
+        try:
+            await self.store.hand_over(lease, stored, request.to_owner, self.ownership.ttl_s)
+        except StoreUnavailable as exc:
+            log.warning("hand-over of session %s undone: %s", session_id, exc)
+            self.ownership.keep_unconfirmed(lease)
+            return
+        # Handed over, or the lease was lost: another process owns the session either way.
+        self.sessions.forget(session)
+        log.debug(
+            "session handed over to %s",
+            request.to_owner,
+            extra={"session_id": session_id, "event": "handover"},
+        )
 
     async def checkpoint(self, everything: bool = False) -> int:
         """Write changed sessions (``everything``: all) under their leases; how many."""
@@ -218,7 +235,7 @@ class SessionMover:
     async def run(self, checkpoint_interval_s: float) -> None:
         """The background work (hand-overs, renewal, checkpoints) until cancelled."""
         tasks = [
-            asyncio.create_task(self._serve_handovers(), name="handovers"),
+            asyncio.create_task(self._serve_inbox(), name="inbox"),
             asyncio.create_task(self._renew(), name="lease-renewal"),
         ]
         if checkpoint_interval_s > 0:
@@ -232,18 +249,23 @@ class SessionMover:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve_handovers(self) -> None:
-        """Hand over each session another process asks for, as the requests come."""
+    async def _serve_inbox(self) -> None:
+        """Hand over each session asked for; pass grants and releases to ``Ownership``."""
         handing: set[asyncio.Task[None]] = set()
         while True:
             try:
-                async with self.store.handover_requests(self.ownership.owner) as requests:
-                    async for request in requests:
-                        task = asyncio.create_task(self.hand_over(request.session_id))
+                async with self.store.inbox(self.ownership.owner) as messages:
+                    self.listening.set()
+                    async for message in messages:
+                        if not isinstance(message, HandoverRequest):
+                            self.ownership.deliver(message)
+                            continue
+                        task = asyncio.create_task(self.hand_over(message))
                         handing.add(task)
                         task.add_done_callback(handing.discard)
             except StoreUnavailable as exc:
-                log.warning("not listening for hand-over requests: %s", exc)
+                self.listening.clear()
+                log.warning("not listening to the inbox: %s", exc)
                 await asyncio.sleep(RETRY_S)
 
     async def _renew(self) -> None:

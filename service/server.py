@@ -189,19 +189,24 @@ class Server:
         tasks: list[asyncio.Task[None]] = []
         self._undo.push_async_callback(self._drain, server, health_servicer, tasks, mover)
 
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         tasks.append(asyncio.create_task(_reap(sessions), name="session-reaper"))
         if mover is not None:
             tasks.append(
                 asyncio.create_task(mover.run(settings.snapshot_interval_s), name="session-moves")
             )
+            # Grants to this process are sent to its inbox: listen before taking sessions.
+            try:
+                await asyncio.wait_for(mover.listening.wait(), settings.lease_ttl_s)
+            except TimeoutError:
+                log.warning("not yet listening to the store inbox: moves wait for lease expiry")
         elif settings.snapshot_interval_s > 0:
             tasks.append(
                 asyncio.create_task(
                     _snapshot_periodically(sessions, settings), name="periodic-snapshot"
                 )
             )
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving %s on %s:%d (default model %s)",
             ", ".join(m.key for m in repository.models()),

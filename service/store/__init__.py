@@ -29,12 +29,15 @@ changes nothing. ``delete(lease)`` removes the entry and the lease, on the same
 condition. ``load(session_id)`` reads without a lease. An entry expires its record's
 ``idle_ttl_s`` after its last checkpoint: the store, not a process, is the session's home.
 
-Hand-over. A process that wants a session another live process owns calls
-``request_handover(session_id, to_owner)``; the owner, listening with
-``async with store.handover_requests(owner) as requests: async for request in requests``,
-finishes its in-flight steps, checkpoints with its token and releases. The requester
-waits with ``wait_released(session_id, timeout_s)`` (bounded by the lease TTL: a lease
-that is not released expires) and then acquires.
+Hand-over. Each process reads its inbox: ``async with store.inbox(owner) as messages:
+async for message in messages``. A process that wants a session another live process
+owns calls ``acquire(session_id, owner, ttl_s, ask=True)``: refused, it has asked the
+holder in the same atomic step (a ``HandoverRequest`` in the holder's inbox). The holder
+finishes its in-flight steps and calls ``hand_over(lease, stored, to_owner, ttl_s)``: one
+atomic step writes the entry, gives the lease to the asker under a new token and puts a
+``HandoverGrant`` with the entry in its inbox, so the move costs no further round trip.
+A holder that lets the session go otherwise (``release``, ``delete``) sends the asker
+``Released``; a holder that died sends nothing, and its lease expires.
 
 Errors: ``StoreUnavailable`` (the store cannot be reached: map it to gRPC UNAVAILABLE),
 ``StoreEntryError`` (a corrupt or foreign entry), ``LeaseLost``.
@@ -43,15 +46,26 @@ Errors: ``StoreUnavailable`` (the store cannot be reached: map it to gRPC UNAVAI
 from rnnstream.server.store.base import SessionStore
 from rnnstream.server.store.entry import GraphIdentity, StoredSession
 from rnnstream.server.store.errors import LeaseLost, StoreEntryError, StoreError, StoreUnavailable
-from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+from rnnstream.server.store.lease import (
+    HandoverGrant,
+    HandoverRequest,
+    Holder,
+    InboxMessage,
+    Lease,
+    Released,
+    Renewal,
+)
 from rnnstream.server.store.url import open_store
 
 __all__ = [
     "GraphIdentity",
+    "HandoverGrant",
     "HandoverRequest",
     "Holder",
+    "InboxMessage",
     "Lease",
     "LeaseLost",
+    "Released",
     "Renewal",
     "SessionStore",
     "StoreEntryError",

@@ -10,7 +10,7 @@ from typing import Self, TypeVar
 
 from rnnstream.server.store.entry import StoredSession
 from rnnstream.server.store.errors import LeaseLost
-from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+from rnnstream.server.store.lease import Holder, InboxMessage, Lease, Renewal
 
 # Sessions per pipeline or transaction in the ``_many`` calls: short enough that the event
 # loop (encoding) and other processes (waiting for the write lock) are held up briefly.
@@ -46,10 +46,16 @@ class SessionStore(abc.ABC):
         await self.close()
 
     @abc.abstractmethod
-    async def acquire(self, session_id: str, owner: str, ttl_s: float) -> Lease | Holder:
+    async def acquire(
+        self, session_id: str, owner: str, ttl_s: float, ask: bool = False
+    ) -> Lease | Holder:
         """Take the session's lease if no other owner holds a live one, else say who does.
 
         A taken lease carries a token greater than any issued before for the session.
+        With ``ask``, a refusal also asks the holder, in the same atomic step, to hand the
+        session over to ``owner``: the holder's inbox gets a ``HandoverRequest``, and
+        ``owner``'s inbox later gets a ``HandoverGrant``, or ``Released`` when the holder
+        lets the session go without one.
         """
 
     @abc.abstractmethod
@@ -58,7 +64,10 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, lease: Lease) -> bool:
-        """Give the lease up if it is still the live one; False when it was already lost."""
+        """Give the lease up if it is still the live one; False when it was already lost.
+
+        A process that asked for the session gets ``Released``.
+        """
 
     async def checkpoint(self, lease: Lease, stored: StoredSession) -> None:
         """Write one session under its lease; raises LeaseLost (nothing written) if lost."""
@@ -78,28 +87,25 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, lease: Lease) -> None:
-        """Delete the session's entry and its lease; raises LeaseLost (nothing deleted) if lost."""
+        """Delete the session's entry and its lease; raises LeaseLost (nothing deleted) if lost.
 
-    @abc.abstractmethod
-    async def request_handover(self, session_id: str, to_owner: str) -> str | None:
-        """Ask the session's live owner to hand it over to ``to_owner``.
-
-        Returns the owner asked, or None when no live lease is held (acquire it instead).
+        A process that asked for the session gets ``Released``.
         """
 
     @abc.abstractmethod
-    def handover_requests(
-        self, owner: str
-    ) -> AbstractAsyncContextManager[AsyncIterator[HandoverRequest]]:
-        """Requests addressed to ``owner``: listening from entering the context until exit."""
+    async def hand_over(
+        self, lease: Lease, stored: StoredSession, to_owner: str, ttl_s: float
+    ) -> bool:
+        """Write the entry and give the lease to ``to_owner``, in one atomic step.
+
+        ``to_owner`` then holds a new lease (a greater token, lasting ``ttl_s``) and its
+        inbox gets a ``HandoverGrant`` carrying the entry; any other process that asked
+        for the session gets ``Released``. False (nothing written) when ``lease`` was lost.
+        """
 
     @abc.abstractmethod
-    async def wait_released(self, session_id: str, timeout_s: float) -> bool:
-        """Wait until the session has no live lease; False if one is still held at the timeout.
-
-        Another process may acquire the session right after it is released: the caller
-        acquires and, when refused, asks again.
-        """
+    def inbox(self, owner: str) -> AbstractAsyncContextManager[AsyncIterator[InboxMessage]]:
+        """Messages addressed to ``owner``, from entering the context until exit."""
 
 
 def check_writes(writes: Sequence[tuple[Lease, StoredSession]]) -> None:

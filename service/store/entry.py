@@ -216,3 +216,11 @@ class _Reader:
     def floats(self, shape: tuple[int, ...]) -> np.ndarray:
         raw = self._take(int(np.prod(shape)) * _FLOAT32.itemsize)
         return np.frombuffer(raw, _FLOAT32).astype(np.float32).reshape(shape)
+
+
+def decode_entry_or_none(data: bytes) -> StoredSession | None:
+    """The stored session in ``data``, or None where ``decode_entry`` would say what is wrong."""
+    try:
+        return decode_entry(data)
+    except StoreEntryError:
+        return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rnnstream.server.store.entry import StoredSession
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -39,7 +41,36 @@ class Renewal:
 
 @dataclass(frozen=True)
 class HandoverRequest:
-    """A request, delivered to a session's owner, to hand the session over to ``to_owner``."""
+    """Delivered to a session's owner: hand the session over to ``to_owner``, who asked."""
 
     session_id: str
     to_owner: str
+
+
+@dataclass(frozen=True)
+class HandoverGrant:
+    """Delivered to the process that asked: the session's lease is its own now.
+
+    The previous owner wrote the entry and gave the lease (``token``, lasting ``ttl_s``
+    from the grant) in one atomic step. ``stored`` is that entry, so the new owner needs
+    no load; None when it could not be decoded (a ``load`` then says why).
+    """
+
+    session_id: str
+    token: int
+    ttl_s: float
+    stored: StoredSession | None
+
+
+@dataclass(frozen=True)
+class Released:
+    """Delivered to a process that asked for the session: acquire it again.
+
+    Its owner let it go without a hand-over (drain, delete, a lost lease).
+    """
+
+    session_id: str
+
+
+# What a process's inbox (``SessionStore.inbox``) delivers.
+InboxMessage = HandoverRequest | HandoverGrant | Released

@@ -9,10 +9,14 @@ event loop never waits for the disk or for another process's transaction.
 Idle expiry: each entry and lease row holds its deadline; reads ignore rows past it and
 writers purge them every ``PURGE_EVERY_S``.
 
-Hand-over requests are rows of ``handovers``. SQLite cannot notify another process, so a
-listener polls every ``poll_s`` (20 ms): one indexed read that takes no lock and writes
-nothing, so it costs a few microseconds of CPU and never delays a checkpoint. A listener
-sees requests made after it started listening; rows are purged after ``HANDOVER_KEEP_S``.
+Messages between processes (hand-over requests, grants with their entry, releases) are
+rows of ``inbox``, written in the same transaction as the lease change they announce; a
+lease row names its ``asker``, the last process that asked for it. SQLite cannot notify
+another process, so a listener polls every ``poll_s`` (20 ms): one indexed read that takes
+no lock and writes nothing, so it never delays a checkpoint. A writer that puts a message
+in an inbox also rings the addressee's doorbell once it commits (``doorbell``), which
+wakes that listener at once. A listener sees messages sent after it started listening;
+rows are purged after ``INBOX_KEEP_S``.
 """
 
 from __future__ import annotations
@@ -28,14 +32,28 @@ from pathlib import Path
 from typing import TypeVar
 
 from rnnstream.server.store.base import SessionStore, check_writes, chunks
-from rnnstream.server.store.entry import StoredSession, decode_entry, encode_entry
+from rnnstream.server.store.doorbell import Bell, Ringer
+from rnnstream.server.store.entry import (
+    StoredSession,
+    decode_entry,
+    decode_entry_or_none,
+    encode_entry,
+)
 from rnnstream.server.store.errors import LeaseLost, StoreUnavailable
-from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+from rnnstream.server.store.lease import (
+    HandoverGrant,
+    HandoverRequest,
+    Holder,
+    InboxMessage,
+    Lease,
+    Released,
+    Renewal,
+)
 
 FILE_NAME = "sessions.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PURGE_EVERY_S = 10.0
-HANDOVER_KEEP_S = 60.0
+INBOX_KEEP_S = 60.0
 
 _T = TypeVar("_T")
 
@@ -45,17 +63,25 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at);
 CREATE TABLE IF NOT EXISTS leases (
   session_id TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
-  expires_at REAL NOT NULL);
+  expires_at REAL NOT NULL, asker TEXT);
 CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY CHECK (id = 0), last INTEGER NOT NULL);
 INSERT OR IGNORE INTO tokens VALUES (0, 0);
-CREATE TABLE IF NOT EXISTS handovers (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, session_id TEXT NOT NULL,
-  to_owner TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS handovers_owner ON handovers (owner, id);
+CREATE TABLE IF NOT EXISTS inbox (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, to_owner TEXT NOT NULL, kind TEXT NOT NULL,
+  session_id TEXT NOT NULL, sender TEXT NOT NULL, token INTEGER, ttl_s REAL, entry BLOB,
+  created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_owner ON inbox (to_owner, id);
+"""
+
+# From schema 1: leases name their asker, and an inbox replaces hand-over request rows.
+_MIGRATE_FROM_1 = """
+ALTER TABLE leases ADD COLUMN asker TEXT;
+DROP TABLE IF EXISTS handovers;
 """
 
 _LIVE_LEASE = "SELECT owner, token, expires_at FROM leases WHERE session_id = ? AND expires_at > ?"
+_LIVE_LEASE_ASKER = "SELECT token, asker FROM leases WHERE session_id = ? AND expires_at > ?"
 
 
 class LocalStore(SessionStore):
@@ -69,6 +95,7 @@ class LocalStore(SessionStore):
         # One connection per store, used by one worker thread at a time.
         self._lock = threading.Lock()
         self._next_purge = 0.0
+        self._ringer = Ringer(str(path.expanduser().resolve()))
 
     async def _run(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``operation`` on the connection in a worker thread."""
@@ -93,14 +120,15 @@ class LocalStore(SessionStore):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            with _writing(conn):
+            with self._writing(conn):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if version not in (0, 1, SCHEMA_VERSION):
                     raise StoreUnavailable(
                         f"session store {self.path} has schema {version}, "
                         f"this server uses {SCHEMA_VERSION}"
                     )
-                for statement in _SCHEMA.split(";"):
+                script = (_MIGRATE_FROM_1 if version == 1 else "") + _SCHEMA
+                for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -122,37 +150,58 @@ class LocalStore(SessionStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._ringer.close()
+
+    @contextlib.contextmanager
+    def _writing(self, conn: sqlite3.Connection) -> Iterator[list[str]]:
+        """A write transaction that takes the database's write lock at once.
+
+        It yields a list for the owners whose inbox it writes to: their doorbells ring
+        once the transaction commits.
+        """
+        bells: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield bells
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        conn.execute("COMMIT")
+        self._ringer.ring(bells)
 
     async def purge(self) -> int:
-        """Delete expired entries, leases and old hand-over requests; returns entries deleted."""
+        """Delete expired entries and leases and old inbox messages; returns entries deleted."""
         return await self._run(self._purge)
 
     def _purge(self, conn: sqlite3.Connection) -> int:
         now = time.time()
         self._next_purge = now + PURGE_EVERY_S
-        with _writing(conn):
+        with self._writing(conn):
             purged = conn.execute("DELETE FROM entries WHERE expires_at <= ?", (now,)).rowcount
             conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
-            conn.execute("DELETE FROM handovers WHERE created_at <= ?", (now - HANDOVER_KEEP_S,))
+            conn.execute("DELETE FROM inbox WHERE created_at <= ?", (now - INBOX_KEEP_S,))
         return int(purged)
 
-    async def acquire(self, session_id: str, owner: str, ttl_s: float) -> Lease | Holder:
-        """Take the lease (see SessionStore.acquire)."""
+    async def acquire(
+        self, session_id: str, owner: str, ttl_s: float, ask: bool = False
+    ) -> Lease | Holder:
+        """Take the lease, or ask its holder for it (see SessionStore.acquire)."""
 
         def acquire(conn: sqlite3.Connection) -> Lease | Holder:
             now = time.time()
-            with _writing(conn):
+            with self._writing(conn) as bells:
                 held = conn.execute(_LIVE_LEASE, (session_id, now)).fetchone()
                 if held is not None and held[0] != owner:
+                    if ask:
+                        conn.execute(
+                            "UPDATE leases SET asker = ? WHERE session_id = ?", (owner, session_id)
+                        )
+                        _notify(conn, bells, held[0], "request", session_id, owner, now)
                     return Holder(session_id, held[0], held[2])
-                token = conn.execute(
-                    "UPDATE tokens SET last = max(last + 1, ?) RETURNING last", (_clock_us(now),)
-                ).fetchone()
-                conn.execute(
-                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
-                    (session_id, owner, token[0], now + ttl_s),
-                )
-            return Lease(session_id, owner, int(token[0]), now + ttl_s)
+                token = _new_token(conn, now)
+                _grant(conn, session_id, owner, token, now + ttl_s)
+            return Lease(session_id, owner, token, now + ttl_s)
 
         return await self._run(acquire)
 
@@ -163,7 +212,7 @@ class LocalStore(SessionStore):
             now = time.time()
             renewed: list[Lease] = []
             lost: list[Lease] = []
-            with _writing(conn):
+            with self._writing(conn):
                 for lease in chunk:
                     if _extend(conn, lease, now, ttl_s):
                         renewed.append(
@@ -183,8 +232,8 @@ class LocalStore(SessionStore):
         """Delete the lease row if its token is live."""
 
         def release(conn: sqlite3.Connection) -> bool:
-            with _writing(conn):
-                return _drop_lease(conn, lease, time.time())
+            with self._writing(conn) as bells:
+                return _drop_lease(conn, bells, lease, time.time())
 
         return await self._run(release)
 
@@ -192,8 +241,8 @@ class LocalStore(SessionStore):
         """Delete the entry and the lease if the token is live."""
 
         def delete(conn: sqlite3.Connection) -> bool:
-            with _writing(conn):
-                if not _drop_lease(conn, lease, time.time()):
+            with self._writing(conn) as bells:
+                if not _drop_lease(conn, bells, lease, time.time()):
                     return False
                 conn.execute("DELETE FROM entries WHERE session_id = ?", (lease.session_id,))
             return True
@@ -213,7 +262,7 @@ class LocalStore(SessionStore):
                 self._purge(conn)
             rows = [(lease, encode_entry(stored, now), stored) for lease, stored in chunk]
             lost: list[Lease] = []
-            with _writing(conn):
+            with self._writing(conn):
                 for lease, data, stored in rows:
                     if _live_token(conn, lease.session_id, now) != lease.token:
                         lost.append(lease)
@@ -241,77 +290,67 @@ class LocalStore(SessionStore):
 
         return await self._run(load)
 
-    async def request_handover(self, session_id: str, to_owner: str) -> str | None:
-        """Insert a request addressed to the live holder, if any."""
+    async def hand_over(
+        self, lease: Lease, stored: StoredSession, to_owner: str, ttl_s: float
+    ) -> bool:
+        """Write, give the lease and send the grant in one transaction (see SessionStore)."""
+        check_writes([(lease, stored)])
 
-        def request(conn: sqlite3.Connection) -> str | None:
+        def hand_over(conn: sqlite3.Connection) -> bool:
             now = time.time()
-            with _writing(conn):
-                held = conn.execute(_LIVE_LEASE, (session_id, now)).fetchone()
-                if held is None:
-                    return None
+            data = encode_entry(stored, now)
+            with self._writing(conn) as bells:
+                row = conn.execute(_LIVE_LEASE_ASKER, (lease.session_id, now)).fetchone()
+                if row is None or int(row[0]) != lease.token:
+                    return False
                 conn.execute(
-                    "INSERT INTO handovers (owner, session_id, to_owner, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (held[0], session_id, to_owner, now),
+                    "INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
+                    (lease.session_id, data, now + stored.record.idle_ttl_s),
                 )
-            return str(held[0])
+                token = _new_token(conn, now)
+                _grant(conn, lease.session_id, to_owner, token, now + ttl_s)
+                conn.execute(
+                    "INSERT INTO inbox (to_owner, kind, session_id, sender, token, ttl_s, entry, "
+                    "created_at) VALUES (?, 'grant', ?, ?, ?, ?, ?, ?)",
+                    (to_owner, lease.session_id, lease.owner, token, ttl_s, data, now),
+                )
+                bells.append(to_owner)
+                if row[1] is not None and row[1] != to_owner:
+                    _notify(conn, bells, row[1], "released", lease.session_id, lease.owner, now)
+            return True
 
-        return await self._run(request)
+        return await self._run(hand_over)
 
     @contextlib.asynccontextmanager
-    async def handover_requests(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
-        """Poll for requests to ``owner`` made after entering the context."""
+    async def inbox(self, owner: str) -> AsyncIterator[AsyncIterator[InboxMessage]]:
+        """Poll for messages to ``owner`` sent after entering the context."""
 
         def last_id(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT coalesce(max(id), 0) FROM handovers").fetchone()[0])
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM inbox").fetchone()[0])
 
-        yield self._requests(owner, await self._run(last_id))
+        with Bell(self._ringer.scope, owner) as bell:
+            yield self._messages(owner, await self._run(last_id), bell)
 
-    async def _requests(self, owner: str, after: int) -> AsyncIterator[HandoverRequest]:
-        def newer(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+    async def _messages(self, owner: str, after: int, bell: Bell) -> AsyncIterator[InboxMessage]:
+        def newer(conn: sqlite3.Connection) -> list[tuple[int, str, str, str, int, float, bytes]]:
             return conn.execute(
-                "SELECT id, session_id, to_owner FROM handovers WHERE owner = ? AND id > ? "
-                "ORDER BY id",
+                "SELECT id, kind, session_id, sender, token, ttl_s, entry FROM inbox "
+                "WHERE to_owner = ? AND id > ? ORDER BY id",
                 (owner, after),
             ).fetchall()
 
         while True:
-            for row_id, session_id, to_owner in await self._run(newer):
+            for row_id, kind, session_id, sender, token, ttl_s, entry in await self._run(newer):
                 after = row_id
-                yield HandoverRequest(session_id, to_owner)
-            await asyncio.sleep(self.poll_s)
-
-    async def wait_released(self, session_id: str, timeout_s: float) -> bool:
-        """Poll the lease every ``poll_s`` until it is gone or expired, or the timeout."""
-
-        def held_until(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(_LIVE_LEASE, (session_id, time.time())).fetchone()
-            return None if row is None else float(row[2])
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            until = await self._run(held_until)
-            if until is None:
-                return True
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            await asyncio.sleep(min(self.poll_s, remaining, max(until - time.time(), 0.0)))
-
-
-@contextlib.contextmanager
-def _writing(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the database's write lock at once."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.rollback()
-        raise
-    conn.execute("COMMIT")
+                if kind == "request":
+                    yield HandoverRequest(session_id, sender)
+                elif kind == "grant":
+                    yield HandoverGrant(
+                        session_id, int(token), float(ttl_s), decode_entry_or_none(bytes(entry))
+                    )
+                else:
+                    yield Released(session_id)
+            await bell.wait(self.poll_s)
 
 
 def _clock_us(now: float) -> int:
@@ -332,9 +371,47 @@ def _extend(conn: sqlite3.Connection, lease: Lease, now: float, ttl_s: float) ->
     return cursor.rowcount == 1
 
 
-def _drop_lease(conn: sqlite3.Connection, lease: Lease, now: float) -> bool:
-    cursor = conn.execute(
-        "DELETE FROM leases WHERE session_id = ? AND token = ? AND expires_at > ?",
+def _drop_lease(conn: sqlite3.Connection, bells: list[str], lease: Lease, now: float) -> bool:
+    """Delete the lease if its token is live, telling its asker; False when it was lost."""
+    row = conn.execute(
+        "DELETE FROM leases WHERE session_id = ? AND token = ? AND expires_at > ? RETURNING asker",
         (lease.session_id, lease.token, now),
+    ).fetchone()
+    if row is None:
+        return False
+    if row[0] is not None:
+        _notify(conn, bells, row[0], "released", lease.session_id, lease.owner, now)
+    return True
+
+
+def _new_token(conn: sqlite3.Connection, now: float) -> int:
+    """A token greater than every one issued before."""
+    row = conn.execute(
+        "UPDATE tokens SET last = max(last + 1, ?) RETURNING last", (_clock_us(now),)
+    ).fetchone()
+    return int(row[0])
+
+
+def _grant(conn: sqlite3.Connection, session_id: str, owner: str, token: int, until: float) -> None:
+    """The session's lease row: ``owner`` holds it under ``token`` until ``until``."""
+    conn.execute(
+        "INSERT OR REPLACE INTO leases (session_id, owner, token, expires_at) VALUES (?, ?, ?, ?)",
+        (session_id, owner, token, until),
     )
-    return cursor.rowcount == 1
+
+
+def _notify(
+    conn: sqlite3.Connection,
+    bells: list[str],
+    to: str,
+    kind: str,
+    session_id: str,
+    sender: str,
+    now: float,
+) -> None:
+    """An inbox message without an entry (a hand-over request or a release); ring ``to``."""
+    bells.append(to)
+    conn.execute(
+        "INSERT INTO inbox (to_owner, kind, session_id, sender, created_at) VALUES (?, ?, ?, ?, ?)",
+        (to, kind, session_id, sender, now),
+    )

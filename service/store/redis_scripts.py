@@ -1,30 +1,56 @@
 """The Lua scripts that make each RedisStore operation one atomic compare-and-act.
 
-A lease is the hash ``lease:<id>`` {owner, token} with a PEXPIRE of its TTL. Tokens come
+A lease is the hash ``lease:<id>`` {owner, token, and the asker: the last process that
+asked for a hand-over} with a PEXPIRE of its TTL. Tokens come
 from one counter (``tokens``) that never expires, raised to at least the server's clock in
 microseconds: so a new token is greater than every token issued before, even after a
 Redis without persistence restarted empty. Writes compare the lease's token first. The
 ``_MANY`` scripts act on a whole chunk of sessions in one call: one command and one reply
 per chunk, where a pipeline would still pack and parse one command per session.
+Messages to a process are published on its inbox channel ``<prefix><owner>``.
 """
 
 from __future__ import annotations
 
-# KEYS: lease, token counter. ARGV: owner, ttl_ms.
-# Returns {1, token as text} when taken, {0, holder, pttl} when another owner holds it.
-ACQUIRE = """
+# Sets ``token`` (as number) and ``text``: a token greater than every one issued before.
+# KEYS[TOKENS_KEY] is the counter.
+_NEW_TOKEN = """
+local now = redis.call('TIME')
+local token = math.max(tonumber(redis.call('GET', KEYS[%d]) or 0) + 1, now[1] * 1000000 + now[2])
+local text = string.format('%%d', token)
+redis.call('SET', KEYS[%d], text)
+"""
+
+# An inbox message: a JSON header, a newline, a payload (a grant's entry, else empty).
+_NOTIFY = """
+local function notify(prefix, to, header, payload)
+  redis.call('PUBLISH', prefix .. to, cjson.encode(header) .. '\\n' .. (payload or ''))
+end
+"""
+
+# KEYS: lease, token counter. ARGV: owner, ttl_ms, inbox prefix or '' (do not ask), id.
+# Returns {1, token as text} when taken, {0, holder, pttl} when another owner holds it;
+# asking records the asker on the lease and sends the holder a hand-over request.
+ACQUIRE = (
+    _NOTIFY
+    + """
 local holder = redis.call('HGET', KEYS[1], 'owner')
 if holder and holder ~= ARGV[1] then
+  if ARGV[3] ~= '' then
+    redis.call('HSET', KEYS[1], 'asker', ARGV[1])
+    notify(ARGV[3], holder, {kind = 'request', session_id = ARGV[4], to_owner = ARGV[1]})
+  end
   return {0, holder, redis.call('PTTL', KEYS[1])}
 end
-local now = redis.call('TIME')
-local token = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now[1] * 1000000 + now[2])
-local text = string.format('%d', token)
-redis.call('SET', KEYS[2], text)
+"""
+    + _NEW_TOKEN % (2, 2)
+    + """
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', text)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, text}
 """
+)
 
 # KEYS: leases. ARGV: ttl_ms, then one token per lease.
 # Extends each lease whose token matches; returns 1 (extended) or 0 (lost) per lease.
@@ -58,20 +84,40 @@ end
 return written
 """
 
-# KEYS: lease, entry or none. ARGV: token, released channel. Deletes the lease (and the
-# entry, when given) and announces the release. Returns 1 when done, 0 when lost.
-RELEASE = """
+# KEYS: lease, entry or none. ARGV: token, inbox prefix, session id. Deletes the lease
+# (and the entry, when given) and tells the asker, if any. Returns 1 when done, 0 when lost.
+RELEASE = (
+    _NOTIFY
+    + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+local asker = redis.call('HGET', KEYS[1], 'asker')
 redis.call('DEL', unpack(KEYS))
-redis.call('PUBLISH', ARGV[2], '')
+if asker then notify(ARGV[2], asker, {kind = 'released', session_id = ARGV[3]}) end
 return 1
 """
+)
 
-# KEYS: lease. ARGV: handover channel prefix, request payload.
-# Publishes the request on the holder's channel; returns the holder, or false when none.
-REQUEST_HANDOVER = """
-local holder = redis.call('HGET', KEYS[1], 'owner')
-if not holder then return false end
-redis.call('PUBLISH', ARGV[1] .. holder, ARGV[2])
-return holder
+# KEYS: lease, entry, token counter. ARGV: token, entry bytes, entry ttl_ms, new owner,
+# lease ttl_ms, inbox prefix, session id. When the token is live: writes the entry, gives
+# the lease to the new owner under a new token, sends it the grant (with the entry) and
+# tells any other asker. Returns the new token as text, or false when the lease was lost.
+HAND_OVER = (
+    _NOTIFY
+    + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return false end
+local asker = redis.call('HGET', KEYS[1], 'asker')
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 """
+    + _NEW_TOKEN % (3, 3)
+    + """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'token', text)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+notify(ARGV[6], ARGV[4], {kind = 'grant', session_id = ARGV[7], token = text,
+  ttl_ms = tonumber(ARGV[5])}, ARGV[2])
+if asker and asker ~= ARGV[4] then
+  notify(ARGV[6], asker, {kind = 'released', session_id = ARGV[7]})
+end
+return text
+"""
+)

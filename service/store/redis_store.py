@@ -1,15 +1,15 @@
 """``RedisStore``: the session store in one Redis, shared by every replica.
 
 Keys, under the prefix ``rnnstream:``: ``session:<id>`` the entry (with a PEXPIRE of its
-idle TTL), ``lease:<id>`` the lease, ``tokens`` the token counter. Channels:
-``handover:<owner>`` carries requests to an owner, ``released:<id>`` announces a release.
+idle TTL), ``lease:<id>`` the lease, ``tokens`` the token counter. Channel
+``inbox:<owner>`` carries an owner's messages (hand-over requests, grants, releases): a
+JSON header, a newline, then a grant's entry bytes.
 Each operation is one Lua script (``redis_scripts``), registered once and run by sha;
 the ``_many`` variants send one script call per chunk of sessions (one round trip).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -26,13 +26,27 @@ from redis.retry import Retry
 
 from rnnstream.server.store import redis_scripts
 from rnnstream.server.store.base import SessionStore, check_writes, chunks
-from rnnstream.server.store.entry import StoredSession, decode_entry, encode_entry
+from rnnstream.server.store.entry import (
+    StoredSession,
+    decode_entry,
+    decode_entry_or_none,
+    encode_entry,
+)
 from rnnstream.server.store.errors import LeaseLost, StoreUnavailable
-from rnnstream.server.store.lease import HandoverRequest, Holder, Lease, Renewal
+from rnnstream.server.store.lease import (
+    HandoverGrant,
+    HandoverRequest,
+    Holder,
+    InboxMessage,
+    Lease,
+    Released,
+    Renewal,
+)
 
 log = logging.getLogger(__name__)
 
 PREFIX = "rnnstream:"
+INBOX = PREFIX + "inbox:"
 # How often a blocked pub/sub read wakes up (to notice a cancelled listener promptly).
 _POLL_S = 1.0
 
@@ -56,7 +70,7 @@ class RedisStore(SessionStore):
         self._renew_many = register(redis_scripts.RENEW_MANY)
         self._checkpoint_many = register(redis_scripts.CHECKPOINT_MANY)
         self._release = register(redis_scripts.RELEASE)
-        self._request_handover = register(redis_scripts.REQUEST_HANDOVER)
+        self._hand_over = register(redis_scripts.HAND_OVER)
 
     @contextlib.contextmanager
     def _reaching(self) -> Iterator[None]:
@@ -75,12 +89,15 @@ class RedisStore(SessionStore):
         """Close the connection pool."""
         await self._redis.aclose()
 
-    async def acquire(self, session_id: str, owner: str, ttl_s: float) -> Lease | Holder:
-        """Take the lease (see SessionStore.acquire)."""
+    async def acquire(
+        self, session_id: str, owner: str, ttl_s: float, ask: bool = False
+    ) -> Lease | Holder:
+        """Take the lease, or ask its holder for it (see SessionStore.acquire)."""
         sent = time.time()
         with self._reaching():
             reply = await self._acquire(
-                keys=[_lease_key(session_id), PREFIX + "tokens"], args=[owner, _ms(ttl_s)]
+                keys=[_lease_key(session_id), PREFIX + "tokens"],
+                args=[owner, _ms(ttl_s), INBOX if ask else "", session_id],
             )
         if reply[0] == 1:
             return Lease(session_id, owner, int(reply[1]), sent + ttl_s)
@@ -116,9 +133,7 @@ class RedisStore(SessionStore):
 
     async def _release_keys(self, lease: Lease, keys: list[str]) -> bool:
         with self._reaching():
-            done = await self._release(
-                keys=keys, args=[lease.token, _released_channel(lease.session_id)]
-            )
+            done = await self._release(keys=keys, args=[lease.token, INBOX, lease.session_id])
         return bool(done)
 
     async def checkpoint_many(self, writes: Sequence[tuple[Lease, StoredSession]]) -> list[Lease]:
@@ -144,46 +159,38 @@ class RedisStore(SessionStore):
             data = cast("bytes | None", await self._redis.get(_entry_key(session_id)))
         return None if data is None else decode_entry(data)
 
-    async def request_handover(self, session_id: str, to_owner: str) -> str | None:
-        """Publish the request on the holder's channel (one script: no race with a release)."""
-        payload = json.dumps({"session_id": session_id, "to_owner": to_owner})
+    async def hand_over(
+        self, lease: Lease, stored: StoredSession, to_owner: str, ttl_s: float
+    ) -> bool:
+        """Write, give the lease and send the grant in one script (see SessionStore.hand_over)."""
+        check_writes([(lease, stored)])
+        keys = [_lease_key(lease.session_id), _entry_key(lease.session_id), PREFIX + "tokens"]
+        args: list[int | bytes | str] = [
+            lease.token,
+            encode_entry(stored, time.time()),
+            _ms(stored.record.idle_ttl_s),
+            to_owner,
+            _ms(ttl_s),
+            INBOX,
+            lease.session_id,
+        ]
         with self._reaching():
-            holder = await self._request_handover(
-                keys=[_lease_key(session_id)], args=[PREFIX + "handover:", payload]
-            )
-        return None if holder is None else holder.decode()
+            return await self._hand_over(keys=keys, args=args) is not None
 
     @contextlib.asynccontextmanager
-    async def handover_requests(self, owner: str) -> AsyncIterator[AsyncIterator[HandoverRequest]]:
-        """Subscribe to ``owner``'s channel for the context's lifetime."""
-        async with self._subscribed(PREFIX + "handover:" + owner) as pubsub:
-            yield self._requests(pubsub)
+    async def inbox(self, owner: str) -> AsyncIterator[AsyncIterator[InboxMessage]]:
+        """Subscribe to ``owner``'s inbox channel for the context's lifetime."""
+        async with self._subscribed(INBOX + owner) as pubsub:
+            yield self._messages(pubsub)
 
-    async def _requests(self, pubsub: PubSub) -> AsyncIterator[HandoverRequest]:
+    async def _messages(self, pubsub: PubSub) -> AsyncIterator[InboxMessage]:
         while True:
             with self._reaching():
                 message = await pubsub.get_message(timeout=_POLL_S)
             if message is not None:
-                request = _handover_request(message["data"])
-                if request is not None:
-                    yield request
-
-    async def wait_released(self, session_id: str, timeout_s: float) -> bool:
-        """Wait for the release announcement or the lease's expiry, whichever comes first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        async with self._subscribed(_released_channel(session_id)) as pubsub:
-            while True:
-                with self._reaching():
-                    pttl = await self._redis.pttl(_lease_key(session_id))
-                if pttl == -2:  # no such key: released or expired
-                    return True
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return False
-                wait = remaining if pttl < 0 else min(remaining, pttl / 1000)
-                with self._reaching():
-                    await pubsub.get_message(timeout=wait)
+                parsed = inbox_message(message["data"])
+                if parsed is not None:
+                    yield parsed
 
     @contextlib.asynccontextmanager
     async def _subscribed(self, channel: str) -> AsyncIterator[PubSub]:
@@ -198,14 +205,24 @@ class RedisStore(SessionStore):
                 await pubsub.aclose()
 
 
-def _handover_request(data: bytes) -> HandoverRequest | None:
-    """A request from a channel message; None (logged) for one this server did not send."""
+def inbox_message(data: bytes) -> InboxMessage | None:
+    """A message from its channel bytes; None (logged) for one this server did not send."""
+    header, _, payload = data.partition(b"\n")
     try:
-        fields = json.loads(data)
-        return HandoverRequest(str(fields["session_id"]), str(fields["to_owner"]))
+        fields = json.loads(header)
+        kind = fields["kind"]
+        session_id = str(fields["session_id"])
+        if kind == "request":
+            return HandoverRequest(session_id, str(fields["to_owner"]))
+        if kind == "released":
+            return Released(session_id)
+        if kind == "grant":
+            token, ttl_s = int(fields["token"]), int(fields["ttl_ms"]) / 1000
+            return HandoverGrant(session_id, token, ttl_s, decode_entry_or_none(payload))
     except (ValueError, KeyError, TypeError):
-        log.warning("ignoring a malformed hand-over request: %r", data[:100])
-        return None
+        pass
+    log.warning("ignoring a malformed inbox message: %r", data[:100])
+    return None
 
 
 def _lease_key(session_id: str) -> str:
@@ -214,10 +231,6 @@ def _lease_key(session_id: str) -> str:
 
 def _entry_key(session_id: str) -> str:
     return PREFIX + "session:" + session_id
-
-
-def _released_channel(session_id: str) -> str:
-    return PREFIX + "released:" + session_id
 
 
 def _ms(seconds: float) -> int:

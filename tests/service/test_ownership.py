@@ -97,6 +97,69 @@ def test_ending_a_session_deletes_its_store_entry(tiny_models: Path, tmp_path: P
     asyncio.run(drive())
 
 
+def test_a_session_moves_between_live_managers_in_one_hand_over(tiny_models: Path, tmp_path: Path):
+    """Two managers (processes, in effect) share a store: an Open on B takes A's session."""
+
+    async def drive() -> None:
+        path = tmp_path / "s.sqlite3"
+        a = await _manager(tiny_models, path, ttl_s=5.0)
+        b = await _manager(tiny_models, path, ttl_s=5.0)
+        movers = [m.mover for m in (a, b) if m.mover is not None]
+        runs = [asyncio.create_task(mover.run(0.0)) for mover in movers]
+        try:
+            await asyncio.gather(*(mover.listening.wait() for mover in movers))
+            x = np.random.default_rng(1).standard_normal((6, 2)).astype(np.float32)
+            on_a = await a.open("tiny", "", SID, None, None, create=True)
+            first = await a.steps(on_a, 0, x[:4])
+            on_b = await b.open("tiny", "", SID, None, None)
+            assert on_b.next_step == 4 and on_b.durable_step == 4
+            assert a.find(SID) is None  # A forgot it, its lease given to B
+            moved = await b.steps(on_b, 4, x[4:])
+            # The same steps in one manager that never moved the session.
+            alone = await _manager(tiny_models, tmp_path / "alone.sqlite3", ttl_s=5.0)
+            ref = await alone.open("tiny", "", SID, None, None, create=True)
+            want = await alone.steps(ref, 0, x)
+            np.testing.assert_array_equal(np.concatenate([first.y, moved.y]), want.y)
+            alone.repository.close()
+        finally:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            for m in (a, b):
+                m.repository.close()
+                assert m.ownership is not None
+                await m.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+def test_a_dead_holder_lets_the_session_move_once_its_lease_expires(
+    tiny_models: Path, tmp_path: Path
+):
+    async def drive() -> None:
+        path = tmp_path / "s.sqlite3"
+        dead = LocalStore(path)  # holds a lease, never reads its inbox, never renews
+        held = await dead.acquire(SID, "dead-process", 0.3)
+        assert isinstance(held, Lease)
+        sessions = await _manager(tiny_models, path, ttl_s=5.0)
+        assert sessions.mover is not None
+        run = asyncio.create_task(sessions.mover.run(0.0))
+        try:
+            await sessions.mover.listening.wait()
+            session = await sessions.open("tiny", "", SID, None, None, create=True)
+            assert session.next_step == 0
+            assert sessions.ownership is not None and sessions.ownership.fresh(SID)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+            await dead.close()
+
+    asyncio.run(drive())
+
+
 @pytest.mark.parametrize(
     ("store", "says"),
     [("memcached://x", "is not a store this server knows"), ("redis://127.0.0.1:{port}/0", "")],

@@ -8,7 +8,7 @@ import sqlite3
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from rnnstream.server.store import Lease
+from rnnstream.server.store import HandoverGrant, HandoverRequest, Lease
 from rnnstream.server.store.local_store import LocalStore
 from tests.service.store.conftest import stored
 
@@ -84,19 +84,18 @@ def test_two_processes_racing_for_sessions_each_win_distinct_ones(tmp_path: Path
 
 
 def _owner(path: Path, ready: Event) -> None:
-    """Own session s, and hand it over when asked: checkpoint, then release."""
+    """Own session s, and hand it over when asked."""
 
     async def main() -> None:
         async with LocalStore(path) as store:
             lease = await store.acquire("s", "owner", 60.0)
             assert isinstance(lease, Lease)
             await store.checkpoint(lease, stored("s", seed=1))
-            async with store.handover_requests("owner") as requests:
+            async with store.inbox("owner") as messages:
                 ready.set()
-                async for request in requests:
-                    assert request.session_id == "s" and request.to_owner == "requester"
-                    await store.checkpoint(lease, stored("s", seed=7))
-                    assert await store.release(lease)
+                async for request in messages:
+                    assert request == HandoverRequest("s", "requester")
+                    assert await store.hand_over(lease, stored("s", seed=7), "requester", 60.0)
                     return
 
     asyncio.run(main())
@@ -110,15 +109,16 @@ def test_a_session_is_handed_over_between_processes(tmp_path: Path) -> None:
     owner.start()
 
     async def main() -> None:
-        async with LocalStore(path) as store:
-            held = await store.acquire("s", "requester", 60.0)
+        async with LocalStore(path) as store, store.inbox("requester") as messages:
+            held = await store.acquire("s", "requester", 60.0, ask=True)
             assert not isinstance(held, Lease) and held.owner == "owner"
-            assert await store.request_handover("s", "requester") == "owner"
-            assert await store.wait_released("s", 60.0)
-            lease = await store.acquire("s", "requester", 60.0)
-            assert isinstance(lease, Lease)
+            grant = await anext(messages)
+            assert isinstance(grant, HandoverGrant) and grant.stored is not None
+            assert grant.stored.durable_step == 17
+            mine = Lease("s", "requester", grant.token, 0.0)
+            await store.checkpoint(mine, stored("s", seed=8))
             back = await store.load("s")
-            assert back is not None and back.durable_step == 17
+            assert back is not None and back.durable_step == 18
 
     try:
         assert ready.wait(timeout=120)
@@ -129,3 +129,51 @@ def test_a_session_is_handed_over_between_processes(tmp_path: Path) -> None:
         if owner.is_alive():
             owner.kill()
             owner.join()
+
+
+# The schema of the first release (version 1): hand-over requests had a table of their own.
+_SCHEMA_1 = """
+PRAGMA journal_mode=WAL;
+CREATE TABLE entries (session_id TEXT PRIMARY KEY, entry BLOB NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE leases (session_id TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
+  expires_at REAL NOT NULL);
+CREATE TABLE tokens (id INTEGER PRIMARY KEY CHECK (id = 0), last INTEGER NOT NULL);
+INSERT INTO tokens VALUES (0, 0);
+CREATE TABLE handovers (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL,
+  session_id TEXT NOT NULL, to_owner TEXT NOT NULL, created_at REAL NOT NULL);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_database_of_schema_1_is_upgraded_keeping_its_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_1)
+
+    async def write() -> None:
+        # What a version-1 server left: an entry, and a lease still live.
+        async with LocalStore(tmp_path / "scratch.sqlite3") as scratch:
+            lease = await scratch.acquire("s", "old", 60.0)
+            assert isinstance(lease, Lease)
+            await scratch.checkpoint(lease, stored("s", seed=3))
+        with sqlite3.connect(tmp_path / "scratch.sqlite3") as source, sqlite3.connect(path) as to:
+            to.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?)",
+                source.execute("SELECT * FROM entries").fetchall(),
+            )
+            to.execute("INSERT INTO leases VALUES ('s', 'old', 5, 1e300)")
+
+    async def upgraded() -> None:
+        async with LocalStore(path) as store, store.inbox("old") as to_old:
+            back = await store.load("s")
+            assert back is not None and back.durable_step == 13
+            held = await store.acquire("s", "new", 60.0, ask=True)
+            assert not isinstance(held, Lease) and held.owner == "old"
+            assert await anext(to_old) == HandoverRequest("s", "new")
+
+    asyncio.run(write())
+    asyncio.run(upgraded())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "handovers" not in tables and "inbox" in tables

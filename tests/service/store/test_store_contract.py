@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from rnnstream.server.store import (
+    HandoverGrant,
     HandoverRequest,
     Holder,
     Lease,
     LeaseLost,
+    Released,
     SessionStore,
     StoredSession,
     StoreEntryError,
@@ -151,42 +153,68 @@ def test_delete_removes_entry_and_lease(backend: Backend) -> None:
         await store.checkpoint(lease, stored("s"))
         await store.delete(lease)
         assert await store.load("s") is None
-        assert await store.wait_released("s", 0.0)
         assert isinstance(await store.acquire("s", "B", 30.0), Lease)
 
     run(backend, test)
 
 
-def test_handover_request_reaches_the_owner_and_release_wakes_the_requester(
+def test_an_ask_reaches_the_holder_whose_hand_over_grants_the_lease_with_the_entry(
     backend: Backend,
 ) -> None:
     async def test(store: SessionStore) -> None:
-        assert await store.request_handover("s", "B") is None  # nobody holds it
-        lease = await take(store, "s", "A")
-        async with store.handover_requests("A") as requests:
-            assert await store.request_handover("s", "B") == "A"
-            request = await anext(aiter(requests))
-            assert request == HandoverRequest("s", "B")
-            waiting = asyncio.create_task(store.wait_released("s", 60.0))
-            await asyncio.sleep(0.1)
-            assert not waiting.done()
-            await store.checkpoint(lease, stored("s", seed=4))
-            assert await store.release(lease)
-            assert await waiting
-        taken = await take(store, "s", "B")
-        assert taken.token > lease.token
+        async with store.inbox("A") as to_a, store.inbox("B") as to_b:
+            lease = await take(store, "s", "A")
+            held = await store.acquire("s", "B", 30.0, ask=True)
+            assert isinstance(held, Holder) and held.owner == "A"
+            assert await anext(to_a) == HandoverRequest("s", "B")
+            assert await store.hand_over(lease, stored("s", seed=4), "B", 20.0)
+            grant = await anext(to_b)
+            assert isinstance(grant, HandoverGrant) and grant.session_id == "s"
+            assert grant.token > lease.token and grant.ttl_s == 20.0
+            assert grant.stored is not None
+            assert_same(grant.stored, stored("s", seed=4))
+            # The lease is B's now: A is fenced off, B writes and renews under the grant.
+            assert not await store.hand_over(lease, stored("s", seed=5), "C", 20.0)
+            assert await store.checkpoint_many([(lease, stored("s", seed=5))]) == [lease]
+            mine = Lease("s", "B", grant.token, 0.0)
+            assert (await store.renew([mine], 30.0)).lost == []
+            await store.checkpoint(mine, stored("s", seed=6))
+            held = await store.acquire("s", "A", 30.0)
+            assert isinstance(held, Holder) and held.owner == "B"
         back = await store.load("s")
-        assert back is not None and back.durable_step == 14
+        assert back is not None and back.durable_step == 16
 
     run(backend, test)
 
 
-def test_wait_released_ends_at_expiry_or_timeout(backend: Backend) -> None:
+def test_a_release_or_delete_tells_the_asker(backend: Backend) -> None:
     async def test(store: SessionStore) -> None:
-        await take(store, "held", "A")
-        assert not await store.wait_released("held", 0.05)
-        await take(store, "lapsing", "A", ttl_s=0.1)
-        assert await store.wait_released("lapsing", 60.0)
+        async with store.inbox("B") as to_b:
+            released, deleted = await take(store, "r", "A"), await take(store, "d", "A")
+            for session_id in ("r", "d"):
+                assert isinstance(await store.acquire(session_id, "B", 30.0, ask=True), Holder)
+            assert await store.release(released)
+            assert await anext(to_b) == Released("r")
+            await store.delete(deleted)
+            assert await anext(to_b) == Released("d")
+        assert isinstance(await store.acquire("r", "B", 30.0), Lease)
+
+    run(backend, test)
+
+
+def test_only_an_ask_sends_a_request_and_a_hand_over_releases_the_other_asker(
+    backend: Backend,
+) -> None:
+    async def test(store: SessionStore) -> None:
+        async with store.inbox("A") as to_a, store.inbox("C") as to_c:
+            lease = await take(store, "s", "A")
+            assert isinstance(await store.acquire("s", "B", 30.0), Holder)  # not asking
+            assert isinstance(await store.acquire("s", "B", 30.0, ask=True), Holder)
+            assert isinstance(await store.acquire("s", "C", 30.0, ask=True), Holder)
+            assert await anext(to_a) == HandoverRequest("s", "B")
+            assert await anext(to_a) == HandoverRequest("s", "C")
+            assert await store.hand_over(lease, stored("s"), "B", 30.0)
+            assert await anext(to_c) == Released("s")  # C asks B next
 
     run(backend, test)
 
