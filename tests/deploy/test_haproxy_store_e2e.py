@@ -70,6 +70,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(models: Path, redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    """Three fresh replicas on an emptied store, HAProxy in front; all stopped at the end."""
     redis_server.flush()
     extra = ("--lease-ttl-s", str(LEASE_TTL_S), "--snapshot-interval-s", str(SNAPSHOT_INTERVAL_S))
     with running_replicas(models, 3, store=redis_server.url, extra=extra) as replicas:
