@@ -28,7 +28,9 @@ from tests.service.store.redis_server import RedisServer, running_redis
 N_SESSIONS = 30
 T = 12  # steps per session
 MODEL = replica_name(0)  # every replica serves it: one graph, so sessions can move anywhere
-LEASE_TTL_S = 1.0
+# Short, so a dead replica's sessions move soon; not shorter, so a replica starved of CPU on
+# a busy machine still renews its leases in time (every third of the TTL).
+LEASE_TTL_S = 2.0
 SNAPSHOT_INTERVAL_S = 0.2
 
 Reference = Callable[[np.ndarray], np.ndarray]
@@ -79,6 +81,10 @@ def cluster(models: Path, redis_server: RedisServer, tmp_path: Path) -> Iterator
             yield Cluster(replicas, proxy)
         finally:
             proxy.stop()
+            # Shown only when the test failed: what HAProxy and each replica last said.
+            print("haproxy:", *proxy.lines[-40:], sep="\n")
+            for i, log in enumerate(replicas.logs):
+                print(f"{replica_name(i)}:\n" + "".join(log[-40:]))
 
 
 def sequence(i: int) -> np.ndarray:
