@@ -2,13 +2,15 @@
 
 Replica ``i`` serves the same tiny models under the names ``replica-0``, ``replica-1``, ...
 and selects ``replica-<i>`` as its default model, so ``ListModels().default_model`` names
-the replica that answered a call made through the load balancer.
+the replica that answered a call made through the load balancer. Given a session store
+they share it, so sessions move between them.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,7 +22,8 @@ import grpc
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
 from tests.conftest import TINY
-from tests.service.processes import start_process, stop_process
+from tests.service.processes import start_process
+from tests.service.scale_out.conftest import drain_stderr
 
 SESSION_HEADER = "x-rnnstream-session"
 
@@ -39,22 +42,49 @@ def replica_name(i: int) -> str:
 
 @dataclass
 class Replicas:
-    """Running replicas: their processes and addresses, in ring order."""
+    """Running replicas: their processes, addresses (in ring order) and logs."""
 
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     addresses: list[str] = field(default_factory=list)
+    logs: list[list[str]] = field(default_factory=list)
+    readers: list[threading.Thread] = field(default_factory=list)
 
     def stop(self, i: int) -> int:
         """SIGTERM replica ``i`` (it drains) and return its exit code."""
-        return stop_process(self.procs[i], signal.SIGTERM)
+        return self._end(i, signal.SIGTERM)
+
+    def kill(self, i: int) -> int:
+        """SIGKILL replica ``i`` (it dies on the spot) and return its exit code."""
+        return self._end(i, signal.SIGKILL)
+
+    def live(self) -> list[int]:
+        """The replicas still running."""
+        return [i for i, proc in enumerate(self.procs) if proc.poll() is None]
+
+    def _end(self, i: int, sig: int) -> int:
+        proc = self.procs[i]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        self.readers[i].join(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        return code
 
 
 @contextmanager
-def running_replicas(models: Path, n: int) -> Iterator[Replicas]:
-    """Start ``n`` replicas at once; stop every one still running on exit."""
+def running_replicas(
+    models: Path, n: int, store: str = "", extra: Sequence[str] = ()
+) -> Iterator[Replicas]:
+    """Start ``n`` replicas at once, on the session ``store`` if one is given, with ``extra``
+    flags; stop every one still running on exit. Their logs are read all along (a full
+    pipe would stall a replica) and kept in ``Replicas.logs``."""
+    flags = [*(["--store", store] if store else []), *extra]
 
     def start(i: int) -> tuple[subprocess.Popen[str], str]:
-        return start_process(models, "", "--default-model", replica_name(i), "--grace-s", "2")
+        return start_process(
+            models, "", "--default-model", replica_name(i), "--grace-s", "2", *flags
+        )
 
     replicas = Replicas()
     with ThreadPoolExecutor(n) as pool:
@@ -64,13 +94,19 @@ def running_replicas(models: Path, n: int) -> Iterator[Replicas]:
             proc, address = future.result()
             replicas.procs.append(proc)
             replicas.addresses.append(address)
+            replicas.logs.append([])
+            replicas.readers.append(drain_stderr(proc, replicas.logs[-1]))
         yield replicas
     finally:
-        for future in futures:
-            if future.exception() is None:
+        for i in range(len(replicas.procs)):
+            replicas.stop(i)  # the ones still running drain; every log pipe is closed
+        for future in futures[len(replicas.procs) :]:
+            if future.exception() is None:  # started, but an earlier one failed to
                 proc = future.result()[0]
-                if proc.poll() is None:
-                    stop_process(proc, signal.SIGTERM)
+                proc.kill()
+                proc.wait(timeout=30)
+                if proc.stderr is not None:
+                    proc.stderr.close()
 
 
 def session_metadata(key: str) -> tuple[tuple[str, str | bytes], ...]:
