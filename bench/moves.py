@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import grpc
@@ -43,26 +44,41 @@ MODEL = "seattle-temp"
 STEPS_PER_VISIT = 4
 
 
+@dataclass(frozen=True)
+class Replica:
+    """A started ``rnnstream serve --store`` process: where it serves, and its pid."""
+
+    address: str
+    pid: int
+
+
 @contextlib.contextmanager
-def replica(store: str, state_dir: str = "") -> Iterator[str]:
-    """An ``rnnstream serve --store`` process on a free port; its address. Stopped at the end."""
+def replica(
+    store: str, *extra: str, state_dir: str = "", module: str = "rnnstream.cli"
+) -> Iterator[Replica]:
+    """An ``rnnstream serve --store`` process on a free port. Stopped at the end.
+
+    ``extra`` are more ``serve`` flags (``--snapshot-interval-s 1``); ``module`` is the
+    program whose ``serve`` runs (``python -m MODULE serve ...``).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSTREAM_")}
     command = [
         sys.executable,
         "-m",
-        "rnnstream.cli",
+        module,
         "serve",
         "--models",
         str(bundled_models_dir()),
     ]
     command += ["--host", "127.0.0.1", "--port", "0", "--state-dir", state_dir, "--store", store]
+    command += extra
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     try:
         address = _serving_address(proc)
         drain = threading.Thread(target=lambda: [None for _ in proc.stderr or ()], daemon=True)
         drain.start()
-        yield address
+        yield Replica(address, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -120,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             url, state_dir = args.redis or stack.enter_context(private_redis()), ""
         a, b = (
-            stack.enter_context(grpc.insecure_channel(stack.enter_context(replica(url, state_dir))))
+            stack.enter_context(
+                grpc.insecure_channel(
+                    stack.enter_context(replica(url, state_dir=state_dir)).address
+                )
+            )
             for _ in range(2)
         )
         stubs = [pb_grpc.PredictorStub(a), pb_grpc.PredictorStub(b)]

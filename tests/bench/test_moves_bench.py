@@ -14,4 +14,7 @@ def test_moves_benchmark_prints_create_and_move_rows(capsys: pytest.CaptureFixtu
     assert moves.main(["--sessions", "3", "--rounds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("create Open p50 ") and lines[0].endswith("(3 sessions)")
-    assert lines[1].startswith("moving Open p50 ") and "(6 moves between 2 processes)" in lines[1]
+    assert (
+        lines[1].startswith("moving Open p50 ")
+        and "(6 moves between 2 processes, redis store)" in lines[1]
+    )
