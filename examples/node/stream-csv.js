@@ -177,8 +177,8 @@ function log(message) {
   process.stderr.write(`${message}\n`);
 }
 
-/** An error whose gRPC status code makes the client reconnect. */
-function retryable(code, details) {
+/** An error carrying a gRPC status code, as grpc-js' own call errors do. */
+function statusError(code, details) {
   return Object.assign(new Error(details), { code, details });
 }
 
@@ -217,7 +217,11 @@ class SessionState {
     if (chunk === undefined || outputs.start !== chunk.start || outputs.y.length !== chunk.n * width) {
       throw new ClientError(
         `unexpected Outputs at step ${outputs.start} (${outputs.y.length} values); ` +
-          (chunk === undefined ? 'none were due' : `expected steps ${chunk.start}..${chunk.start + chunk.n - 1}`),
+          (chunk === undefined
+            ? 'none were due'
+            : `expected steps ${chunk.start}..${chunk.start + chunk.n - 1} (outputs lost with a ` +
+              "connection are answered from the server's replay cache: keep --chunk x --window " +
+              'at or below its --replay-steps)'),
       );
     }
     const lines = [];
@@ -298,7 +302,7 @@ function runStream(client, state) {
       } else if (message.kind === 'ended') {
         const { reason, message: why } = message.ended;
         if (reason === 'END_REASON_DRAINING') {
-          settle(retryable(grpc.status.UNAVAILABLE, `the server is draining: ${why}`));
+          settle(statusError(grpc.status.UNAVAILABLE, `the server is draining: ${why}`));
         } else {
           settle(new ClientError(`session ${state.id} ended (${reason}): ${why}`));
         }
@@ -315,7 +319,7 @@ function runStream(client, state) {
     call.on('error', (err) => settle(err));
     call.on('end', () => {
       if (state.final !== null) settle();
-      else settle(retryable(grpc.status.UNAVAILABLE, 'the server ended the stream before its Final'));
+      else settle(statusError(grpc.status.UNAVAILABLE, 'the server ended the stream before its Final'));
     });
     call.write({
       open: {
