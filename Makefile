@@ -1,7 +1,8 @@
 # rnnstream: the README's two commands are `make serve` and `make test`.
 #   make serve   create .venv, install the server (no torch), serve the bundled models on :50051
-#   make test    create .venv, install everything (haproxy and redis-server too, when
-#                missing: apt-get as root), run ruff, mypy and pytest
+#   make test    create .venv, install everything (haproxy, redis-server, nodejs and npm
+#                too, when missing: apt-get as root; promtool if it can), run ruff, mypy
+#                and pytest
 #   make proto   regenerate rnnstream/v1 from proto/ (committed; a test fails when stale)
 #   make bench   run the benchmark harness (see bench/ and docs/benchmarks.md)
 # GPU users: `make serve GPU=1` installs onnxruntime-gpu instead of onnxruntime.
@@ -45,17 +46,26 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy rnnstream tests bench
 
-# The tests run a real HAProxy (tests/deploy) and a real Redis (the session store).
-SYSTEM_TOOLS := haproxy redis-server
+# The tests run a real HAProxy (tests/deploy), a real Redis (the session store) and the
+# Node.js example client (tests/examples), as command:Debian package. promtool (package
+# prometheus) is optional: without it the alert rules' promtool checks are skipped, so a
+# failed install of it is no error.
+SYSTEM_TOOLS := haproxy:haproxy redis-server:redis-server node:nodejs npm:npm
+OPTIONAL_TOOLS := promtool:prometheus
+missing_packages = $$(for t in $(1); do command -v $${t%%:*} >/dev/null || echo $${t\#*:}; done)
 system-deps:
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	@missing="$(call missing_packages,$(SYSTEM_TOOLS))"; \
+	optional="$(call missing_packages,$(OPTIONAL_TOOLS))"; \
+	if [ -n "$$missing$$optional" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $$missing $$optional (apt-get)"; \
+	  apt-get update -qq; \
+	  for p in $$missing; do DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p >/dev/null; done; \
+	  for p in $$optional; do DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$p >/dev/null \
+	    || echo "$$p not installed: its checks are skipped"; done; \
+	  missing="$(call missing_packages,$(SYSTEM_TOOLS))"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $$missing (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else \
-	    echo "the tests need: $$missing (Debian/Ubuntu: sudo apt-get install $$missing)" >&2; exit 1; \
-	  fi; \
+	  echo "the tests need: $$missing (Debian/Ubuntu: sudo apt-get install $$missing)" >&2; exit 1; \
 	fi
 
 pytest: $(VENV)/.installed-dev system-deps
