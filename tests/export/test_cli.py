@@ -54,6 +54,8 @@ def test_train_writes_a_verified_model_and_a_command_that_reproduces_it(tmp_path
     assert {"rmse", "baseline_rmse", "rmse_ratio", "mae", "baseline_mae"} <= set(manifest.metrics)
     assert manifest.data["split"]["test"]["rows"] == 600
     assert sorted(p.name for p in plots.iterdir()) == [
+        "synthetic-clipping.png",
+        "synthetic-gradients.png",
         "synthetic-hidden.png",
         "synthetic-loss.png",
         "synthetic-predictions.png",
