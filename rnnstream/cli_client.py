@@ -257,7 +257,7 @@ def _write_state(
                 info.output_columns(),
                 states,
                 columns,
-                f"{info.key}: {args.csv}, {len(states)} steps",
+                f"{info.key}: {Path(args.csv).name}, {len(states)} steps",
             )
     except OSError as exc:
         raise CliError(f"cannot write the state: {exc}") from exc
