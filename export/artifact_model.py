@@ -61,11 +61,11 @@ def load_model(directory: Path) -> SequenceModel:
     state = model.state_dict()
     for i, node in enumerate(layers):
         w, r, b = (weights[name][0] for name in node.input[1:4])  # [G*H, in], [G*H, H], [2*G*H]
-        state[f"rnn.weight_ih_l{i}"] = torch.from_numpy(_reorder(w, config.cell, h).copy())
-        state[f"rnn.weight_hh_l{i}"] = torch.from_numpy(_reorder(r, config.cell, h).copy())
+        state[f"rnn.weight_ih_l{i}"] = torch.from_numpy(_reorder(w, config.cell, h))
+        state[f"rnn.weight_hh_l{i}"] = torch.from_numpy(_reorder(r, config.cell, h))
         half = len(b) // 2
-        state[f"rnn.bias_ih_l{i}"] = torch.from_numpy(_reorder(b[:half], config.cell, h).copy())
-        state[f"rnn.bias_hh_l{i}"] = torch.from_numpy(_reorder(b[half:], config.cell, h).copy())
+        state[f"rnn.bias_ih_l{i}"] = torch.from_numpy(_reorder(b[:half], config.cell, h))
+        state[f"rnn.bias_hh_l{i}"] = torch.from_numpy(_reorder(b[half:], config.cell, h))
     state["head.weight"] = torch.from_numpy(weights[matmuls[0].input[1]].T.copy())  # [O, H]
     state["head.bias"] = torch.from_numpy(weights["model.head.bias"].copy())
     model.load_state_dict(state)

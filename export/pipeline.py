@@ -99,15 +99,13 @@ def metrics_table(name: str, cell: str, baseline: str, test: dict[str, float]) -
 
 def epoch_table(history: History, clip: float) -> str:
     """Per epoch: losses, the gradient norm before clipping and how often ``clip`` rescaled it."""
-    lines = [
-        "epoch  train loss  val loss  grad norm (mean / max, before clipping)  clipped",
-    ]
+    lines = ["epoch  train loss  val loss  grad norm before clipping: mean     max  clipped"]
     for i in range(len(history.train_loss)):
-        best = " *" if i + 1 == history.best_epoch else ""
+        best = "  (best)" if i + 1 == history.best_epoch else ""
         clipped = f"{history.clipped[i]:>7.0%}" if clip > 0 else "    off"
         lines.append(
             f"{i + 1:>5}  {history.train_loss[i]:>10.4f}  {history.val_loss[i]:>8.4f}  "
-            f"{history.grad_norm[i]:>10.3g} / {history.grad_norm_max[i]:<27.3g}  {clipped}{best}"
+            f"{history.grad_norm[i]:>31.3g}  {history.grad_norm_max[i]:>6.3g}  {clipped}{best}"
         )
     return "\n".join(lines)
 

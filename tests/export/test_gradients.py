@@ -166,7 +166,7 @@ def test_compare_cells_plots_three_curves_and_needs_plots(tmp_path: Path, capsys
     )
     out = capsys.readouterr().out
     assert all(f"{cell}: memory horizon" in out for cell in ("GRU", "RNN", "LSTM"))
-    assert "grad norm (mean / max, before clipping)" in out
+    assert "grad norm before clipping: mean" in out
     assert (img / "synthetic-cells.png").stat().st_size > 1000
 
 
