@@ -88,3 +88,13 @@ def test_state_flags_are_in_help(capsys):
         main(["stream", "--help"])
     text = capsys.readouterr().out
     assert "--state-csv" in text and "--plot-state" in text and "rnnstream[train]" in text
+
+
+def test_state_columns_follow_the_state_row_layout():
+    from rnnstream.info import ModelInfo
+    from rnnstream.state_view import state_columns
+
+    lstm = ModelInfo("m", "1", 1, 1, 8, cell="lstm", layers=2, hidden_size=2)
+    assert state_columns(lstm) == ["h0_0", "h0_1", "h1_0", "h1_1", "c0_0", "c0_1", "c1_0", "c1_1"]
+    unknown = ModelInfo("m", "1", 1, 1, 3)  # a server that does not say the layout
+    assert state_columns(unknown) == ["s0", "s1", "s2"]
