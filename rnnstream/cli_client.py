@@ -238,8 +238,8 @@ def _write_state(
 
     from rnnstream.state_view import plot_state, state_columns, write_state_csv
 
-    if not chunks:
-        raise CliError("the server returned no states for this session")
+    if sum(len(c) for c in chunks) != len(x):
+        raise CliError("the server did not return a state for every step")
     states = np.concatenate(chunks)  # [T, S]
     columns = state_columns(info)
     try:
@@ -323,10 +323,11 @@ def run_stream(args: argparse.Namespace) -> int:
                 if many:
                     for i, row in enumerate(y):
                         writer.writerow([n + i, *(f"{v:.7g}" for v in row)])
-                if want_state and session.states is not None:
+                if want_state:
                     xs.append(x)
                     ys.append(y)
-                    states.append(session.states)
+                    if session.states is not None:
+                        states.append(session.states)
                 n += len(batch)
             if n == 0:
                 raise CliError(f"{args.csv} has a header but no rows")
