@@ -31,7 +31,16 @@ How it learns: backpropagation through time (BPTT) unrolls the network over a wi
 the window is processed in chunks of K steps, the state is carried into the next chunk
 but detached, so gradients reach back at most K steps. --clip rescales the gradient
 whenever its global norm exceeds the value, which tames the exploding gradients that
-long products of recurrent Jacobians produce."""
+long products of recurrent Jacobians produce; the per-epoch log shows the norm before
+clipping and how often --clip rescaled it.
+
+Gradient flow through time: after training, the norm of the gradient of the last step's
+loss with respect to the state k steps earlier, ||dL_T/dh_(T-k)||, is measured on
+held-out windows for k = 0..W. The manifest records the curve (metrics.gradient_flow) and
+the memory horizon (metrics.memory_horizon): the k where the norm falls below 1e-3 of its
+k = 0 value, "beyond the window" if it never does, or K with --tbptt K, since truncation
+stops training's gradient there. --compare-cells also trains the other two cells at the
+same size on the same data and draws the three curves in one plot."""
 
 EPILOG = """\
 datasets (--data NAME), all loaded offline from installed packages:
@@ -159,7 +168,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="write loss/prediction/hidden PNGs here",
+        help="write PNGs here: NAME-{loss,predictions,hidden,gradients,clipping}.png",
+    )
+    out.add_argument(
+        "--compare-cells",
+        action="store_true",
+        help="also train an Elman RNN, a GRU and an LSTM (whichever --cell is not) of the same "
+        "size on the same data and plot their gradient through time: --plots DIR/NAME-cells.png "
+        "(needs --plots; only --cell is exported)",
     )
     out.add_argument(
         "--quiet",
@@ -233,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.hidden < 1 or args.layers < 1 or horizon < 1:
             raise ValueError("--hidden, --layers and --horizon must be positive")
+        if args.compare_cells and args.plots is None:
+            raise ValueError("--compare-cells draws a plot: give --plots DIR")
         spec = pipeline.RunSpec(
             data=args.data,
             cell=args.cell,
@@ -259,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
             plots=args.plots,
             quiet=args.quiet,
             command=reproduce_command(args, window, horizon),
+            compare_cells=args.compare_cells,
         )
         report = pipeline.run(spec, sys.stdout)
     except (DataError, ParityError, ValueError) as exc:

@@ -1,19 +1,24 @@
-"""One training run end to end: data -> split -> train -> score -> verified export -> plots."""
+"""One training run end to end: data -> train -> score -> gradient flow -> export -> plots.
+
+On request (``compare_cells``) the same network is also trained with the other two cells,
+for the gradient-through-time comparison plot; only the requested cell is exported.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from rnnstream.export import data as datasets
-from rnnstream.export.model import ModelConfig, SequenceModel
+from rnnstream.export.gradients import GradientFlow, gradient_flow
+from rnnstream.export.model import CELL_TYPES, ModelConfig, SequenceModel
 from rnnstream.export.onnx import ARTIFACT_FILES, Parity, write_artifact
 from rnnstream.export.quality import baseline_warnings
-from rnnstream.export.train import Predictions, TrainConfig, predict, score, train
+from rnnstream.export.train import History, Predictions, TrainConfig, predict, score, train
 from rnnstream.manifest import Manifest
 
 VERIFY_REAL_STEPS = 200
@@ -37,6 +42,7 @@ class RunSpec:
     plots: Path | None = None
     quiet: bool = False
     command: str = ""
+    compare_cells: bool = False  # also train the other cells, for the gradient comparison
 
 
 @dataclass
@@ -49,6 +55,7 @@ class RunReport:
     parity: Parity
     plots: list[Path]
     seconds: float
+    flows: dict[str, GradientFlow] = field(default_factory=dict)  # by cell; the model's first
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
@@ -90,6 +97,19 @@ def metrics_table(name: str, cell: str, baseline: str, test: dict[str, float]) -
     return "\n".join(lines)
 
 
+def epoch_table(history: History, clip: float) -> str:
+    """Per epoch: losses, the gradient norm before clipping and how often ``clip`` rescaled it."""
+    lines = ["epoch  train loss  val loss  grad norm before clipping: mean     max  clipped"]
+    for i in range(len(history.train_loss)):
+        best = "  (best)" if i + 1 == history.best_epoch else ""
+        clipped = f"{history.clipped[i]:>7.0%}" if clip > 0 else "    off"
+        lines.append(
+            f"{i + 1:>5}  {history.train_loss[i]:>10.4f}  {history.val_loss[i]:>8.4f}  "
+            f"{history.grad_norm[i]:>31.3g}  {history.grad_norm_max[i]:>6.3g}  {clipped}{best}"
+        )
+    return "\n".join(lines)
+
+
 def run(spec: RunSpec, log: TextIO) -> RunReport:
     """Train, score, export (verified) and plot; returns what was written."""
     started = time.perf_counter()
@@ -115,11 +135,23 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     val_pred = predict(model, series, split.val, spec.train.window)
     test = score(test_pred)
     name = spec.name or series.name
+    window, tbptt = spec.train.window, spec.train.tbptt
+    flows = {config.cell: gradient_flow(model, series, split, window, tbptt)}
+    if spec.compare_cells:
+        for cell in CELL_TYPES:
+            if cell not in flows:
+                other = train(
+                    series, split, replace(config, cell=cell), spec.train, quiet=spec.quiet
+                )
+                flows[cell] = gradient_flow(other.model.cpu(), series, split, window, tbptt)
+    flow = flows[config.cell]
     metrics: dict[str, Any] = {
         "split": "test",
         "baseline": series.baseline_name,
         **_rounded(test),
         "val": _rounded(score(val_pred)),
+        "memory_horizon": flow.memory_horizon(),
+        "gradient_flow": flow.to_dict(),
     }
     manifest = Manifest(
         name=name,
@@ -158,10 +190,33 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     if spec.plots is not None:
         from rnnstream.export.plots import plot_all
 
-        plots = plot_all(model, series, split, result.history, test_pred, spec.plots, name)
+        plots = plot_all(
+            model,
+            series,
+            split,
+            result.history,
+            test_pred,
+            flow,
+            spec.train.clip,
+            spec.plots,
+            name,
+        )
+        if spec.compare_cells:
+            from rnnstream.export.plots import plot_gradient_flow
+
+            plots.append(
+                plot_gradient_flow(
+                    {cell.upper(): f for cell, f in flows.items()},
+                    f"{name}: gradient through time, RNN vs GRU vs LSTM (H={config.hidden_size})",
+                    spec.plots / f"{name}-cells.png",
+                )
+            )
     seconds = time.perf_counter() - started
     if not spec.quiet:
+        print(epoch_table(result.history, spec.train.clip), file=log)
         print(metrics_table(name, config.cell, series.baseline_name, test), file=log)
+        for cell, f in flows.items():
+            print(f"{cell.upper()}: {f.describe()}", file=log)
         for file_name in ARTIFACT_FILES:
             print(f"wrote {spec.out / file_name}", file=log)
         print(
@@ -170,5 +225,11 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         for path in plots:
             print(f"plot {path}", file=log)
     return RunReport(
-        manifest=manifest, model=model, test=test, parity=parity, plots=plots, seconds=seconds
+        manifest=manifest,
+        model=model,
+        test=test,
+        parity=parity,
+        plots=plots,
+        seconds=seconds,
+        flows=flows,
     )

@@ -1,4 +1,7 @@
-"""PNG plots of a training run: loss curves, test predictions, and the hidden state at work.
+"""PNG plots of a training run: losses, predictions, hidden state, gradients, clipping.
+
+Besides loss curves and test predictions: the gradient through time with its memory
+horizon, and the gradient norm before clipping with how often clipping rescaled it.
 
 The hidden-state heatmap is the theory made visible: each row is one unit of the top
 layer's ``h_t``, each column a time step of the test split, so you can watch the fixed-size
@@ -19,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from rnnstream.export.data import Series, Split
+from rnnstream.export.gradients import VANISHED, GradientFlow
 from rnnstream.export.model import SequenceModel
 from rnnstream.export.train import History, Predictions
 
@@ -92,6 +96,62 @@ def plot_hidden(
     return _save(fig, path)
 
 
+def plot_gradient_flow(flows: dict[str, GradientFlow], title: str, path: Path) -> Path:
+    """``||dL_T / dh_(T-k)||`` against ``k`` on a log scale, one curve per model.
+
+    Each curve's dotted line is ``VANISHED`` times its ``k = 0`` value and its dot the memory
+    horizon; a dashed line marks ``--tbptt K``, where training's gradient stopped.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for (label, flow), color in zip(flows.items(), plt.rcParams["axes.prop_cycle"], strict=False):
+        c = color["color"]
+        k = np.arange(len(flow.norms))
+        horizon = flow.memory_horizon()
+        ax.plot(k, flow.norms, color=c, label=f"{label} (memory horizon: {horizon})")
+        ax.axhline(VANISHED * flow.norms[0], color=c, linestyle=":", linewidth=0.8)
+        if isinstance(horizon, int) and horizon < len(flow.norms):
+            ax.plot([horizon], [flow.norms[horizon]], "o", color=c)
+    truncated = next((f for f in flows.values() if f.limited_by() == "tbptt"), None)
+    if truncated is not None:  # one training setting for every curve
+        ax.axvline(truncated.reach, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"--tbptt {truncated.tbptt}: training's gradient stops here",
+            (truncated.reach, float(truncated.norms[0])),
+            xytext=(4, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color="grey",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("k (steps back from the last step)")
+    ax.set_ylabel("||dL_T / dh_(T-k)||")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_clipping(history: History, clip: float, title: str, path: Path) -> Path:
+    """Per epoch: the gradient norm before clipping (mean and max) and how often clip bit."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    epochs = np.arange(1, len(history.grad_norm) + 1)
+    ax.plot(epochs, history.grad_norm, marker=".", label="mean norm before clipping")
+    ax.plot(epochs, history.grad_norm_max, linestyle="--", label="max norm before clipping")
+    if clip > 0:
+        ax.axhline(clip, color="grey", linestyle=":", label=f"--clip {clip:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("global gradient norm")
+    ax.set_title(title)
+    share = ax.twinx()
+    share.bar(epochs, [100 * c for c in history.clipped], alpha=0.2, color="tab:red")
+    share.set_ylim(0, 100)
+    share.set_ylabel("steps rescaled by --clip (%)", color="tab:red")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Write the figure to ``path`` and free it."""
     fig.savefig(path)
@@ -105,10 +165,12 @@ def plot_all(
     split: Split,
     history: History,
     test_pred: Predictions,
+    flow: GradientFlow,
+    clip: float,
     out_dir: Path,
     prefix: str,
 ) -> list[Path]:
-    """All three plots as ``out_dir/{prefix}-{loss,predictions,hidden}.png``."""
+    """All the plots as ``out_dir/{prefix}-{loss,predictions,hidden,gradients,clipping}.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cell = model.config.cell.upper()
     return [
@@ -125,5 +187,16 @@ def plot_all(
             split,
             f"{prefix}: {cell} hidden state on the test split",
             out_dir / f"{prefix}-hidden.png",
+        ),
+        plot_gradient_flow(
+            {cell: flow},
+            f"{prefix}: gradient through time, held-out windows",
+            out_dir / f"{prefix}-gradients.png",
+        ),
+        plot_clipping(
+            history,
+            clip,
+            f"{prefix}: gradient norm before clipping",
+            out_dir / f"{prefix}-clipping.png",
         ),
     ]

@@ -11,7 +11,9 @@ kept) and, for each batch ``[B, W, F]``, runs the network from the zero state:
   ``K`` steps (cheaper, and no exploding products of ``W`` Jacobians). For a many-to-one
   task the chunks before the last one only warm the state up.
 
-Gradients are clipped to a global norm (``clip``), the best validation epoch is kept and
+Gradients are clipped to a global norm (``clip``); the history records, per epoch, that
+norm *before* clipping (mean and max over the optimiser steps) and the fraction of steps
+``clip`` rescaled, whether or not clipping is on. The best validation epoch is kept and
 training stops after ``patience`` epochs without improvement. Runs are reproducible: same
 seed, same data, same flags -> bitwise the same weights on CPU.
 """
@@ -86,6 +88,15 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = 0  # 1-based
     stopped_early: bool = False
+    grad_norm: list[float] = field(default_factory=list)  # mean global norm before clipping
+    grad_norm_max: list[float] = field(default_factory=list)  # its largest value in the epoch
+    clipped: list[float] = field(default_factory=list)  # fraction of steps --clip rescaled
+
+    def record_gradients(self, norms: list[float], clip: float) -> None:
+        """Add one epoch's pre-clipping gradient norms (one per optimiser step)."""
+        self.grad_norm.append(float(np.mean(norms)))
+        self.grad_norm_max.append(float(np.max(norms)))
+        self.clipped.append(float(np.mean([n > clip for n in norms])) if clip > 0 else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (losses rounded for the manifest)."""
@@ -95,6 +106,9 @@ class History:
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.train_loss),
             "stopped_early": self.stopped_early,
+            "grad_norm": [float(f"{v:.4g}") for v in self.grad_norm],
+            "grad_norm_max": [float(f"{v:.4g}") for v in self.grad_norm_max],
+            "clipped": [round(v, 4) for v in self.clipped],
         }
 
 
@@ -200,8 +214,12 @@ def _train_batch(
     yb: Tensor,
     cfg: TrainConfig,
     many_to_one: bool,
+    grad_norms: list[float],
 ) -> float:
-    """One batch ``xb [B, W, F]``, ``yb [B, W, O]``: (truncated) BPTT; returns mean loss."""
+    """One batch ``xb [B, W, F]``, ``yb [B, W, O]``: (truncated) BPTT; returns mean loss.
+
+    Appends the global gradient norm before clipping of every optimiser step to ``grad_norms``.
+    """
     window = xb.shape[1]
     chunk = cfg.tbptt or window
     state: Tensor | None = None
@@ -221,7 +239,11 @@ def _train_batch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)  # before
+        else:  # measured only: the gradients are left exactly as they are
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+        grad_norms.append(float(norm))
         optimizer.step()
         state = state.detach()  # the truncation: carry the value, cut the gradient
         losses.append(loss.detach().item())
@@ -255,10 +277,12 @@ def train(
         bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {model_config.cell}", disable=not show)
         for epoch in bar:
             model.train()
+            norms: list[float] = []
             losses = [
-                _train_batch(model, optimizer, xb, yb, cfg, many_to_one)
+                _train_batch(model, optimizer, xb, yb, cfg, many_to_one, norms)
                 for xb, yb in _batches(x_train, y_train, cfg.batch_size, gen)
             ]
+            history.record_gradients(norms, cfg.clip)
             val = normalized_mse(model, predict(model, series, split.val, cfg.window))
             history.train_loss.append(float(np.mean(losses)))
             history.val_loss.append(val)
@@ -266,7 +290,11 @@ def train(
                 best_val, history.best_epoch = val, epoch
                 best_state = copy.deepcopy(model.state_dict())
             bar.set_postfix(
-                loss=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}", best=history.best_epoch
+                loss=f"{history.train_loss[-1]:.4f}",
+                val=f"{val:.4f}",
+                best=history.best_epoch,
+                grad=f"{history.grad_norm[-1]:.3g}",
+                clipped=f"{history.clipped[-1]:.0%}",
             )
             if cfg.patience and epoch - history.best_epoch >= cfg.patience:
                 history.stopped_early = True

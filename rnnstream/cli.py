@@ -1,7 +1,8 @@
 """The ``rnnstream`` console script: one command, one subcommand per job.
 
 Each subcommand lives beside the code it drives (``rnnstream.server.cli`` serves,
-``rnnstream.export.cli`` trains, ``rnnstream.cli_client`` streams and lists models,
+``rnnstream.export.cli`` trains, ``rnnstream.export.diagnose_cli`` measures a written
+model's gradient through time, ``rnnstream.cli_client`` streams and lists models,
 ``rnnstream.cli_bench`` loads a server) and registers itself through ``add_parser``. They are
 imported directly, by their names under ``rnnstream``: a user's own ``service.py`` or
 ``export.py`` next to where the command runs can never stand in for them. Those modules
@@ -17,10 +18,11 @@ from collections.abc import Sequence
 
 from rnnstream import cli_bench, cli_client
 from rnnstream.export import cli as train_cli
+from rnnstream.export import diagnose_cli
 from rnnstream.server import cli as serve_cli
 
 # Each exposes add_parser(subparsers), which sets `func` on its parser.
-SUBCOMMANDS = (serve_cli, train_cli, cli_client, cli_bench)
+SUBCOMMANDS = (serve_cli, train_cli, diagnose_cli, cli_client, cli_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,9 +13,12 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from rnnstream.client import Session
     from rnnstream.info import ModelInfo
 
@@ -37,6 +40,9 @@ STREAM_EPILOG = """examples:
 
   # one answer for the whole file (many-to-one)
   rnnstream stream --model my-classifier --csv window.csv --many-to-one
+
+  # the hidden state at every step: as numbers, and as a heat map under the series
+  rnnstream stream --model seattle-temp --csv temps.csv --state-csv h.csv --plot-state h.png
 
 Without --column the columns named like the model's features are used, else every
 column when the file has exactly n_features of them.
@@ -97,6 +103,20 @@ def add_parser(subparsers: Any) -> None:
         help="y only at the end of the file (default: the model's mode)",
     )
     stream.add_argument("--timeout", type=float, default=30.0, help="seconds per answer")
+    stream.add_argument(
+        "--state-csv",
+        default=None,
+        metavar="FILE",
+        help="also write the recurrent state after every step here: a header, then one row "
+        "per step of state_size columns (h per layer, then c for an LSTM)",
+    )
+    stream.add_argument(
+        "--plot-state",
+        default=None,
+        metavar="OUT.png",
+        help="also draw the input, the predictions and the state units over time as a heat "
+        "map, similar units side by side (needs matplotlib: pip install 'rnnstream[train]')",
+    )
     stream.set_defaults(func=run_stream)
 
 
@@ -206,6 +226,43 @@ def _batches(rows: Iterator[list[float]], size: int) -> Iterator[list[list[float
         yield batch
 
 
+def _write_state(
+    args: argparse.Namespace,
+    info: ModelInfo,
+    x: np.ndarray,
+    y: np.ndarray,
+    chunks: list[np.ndarray],
+) -> None:
+    """The session's states ``[T, S]`` to ``--state-csv`` and ``--plot-state``."""
+    import numpy as np
+
+    from rnnstream.state_view import plot_state, state_columns, write_state_csv
+
+    if sum(len(c) for c in chunks) != len(x):
+        raise CliError("the server did not return a state for every step")
+    states = np.concatenate(chunks)  # [T, S]
+    columns = state_columns(info)
+    try:
+        if args.state_csv:
+            write_state_csv(Path(args.state_csv), states, columns)
+        if args.plot_state:
+            plot_state(
+                Path(args.plot_state),
+                x,
+                [
+                    info.feature_names[i] if i < len(info.feature_names) else f"x{i}"
+                    for i in range(info.n_features)
+                ],
+                y,
+                info.output_columns(),
+                states,
+                columns,
+                f"{info.key}: {Path(args.csv).name}, {len(states)} steps",
+            )
+    except OSError as exc:
+        raise CliError(f"cannot write the state: {exc}") from exc
+
+
 def run_stream(args: argparse.Namespace) -> int:
     """``rnnstream stream``: a CSV's rows through one session, y_t out as CSV."""
     import numpy as np
@@ -216,6 +273,16 @@ def run_stream(args: argparse.Namespace) -> int:
     address = args.address or default_address()
     if args.chunk < 1:
         return _fail(f"--chunk must be at least 1, got {args.chunk}")
+    # Per-step states come with per-step answers, so a session that returns states runs
+    # many-to-many; what is printed still follows the mode asked for.
+    want_state = bool(args.state_csv or args.plot_state)
+    if args.plot_state:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            from rnnstream.state_view import MISSING_MATPLOTLIB
+
+            return _fail(MISSING_MATPLOTLIB)
     try:
         with ExitStack() as stack:
             try:
@@ -230,7 +297,8 @@ def run_stream(args: argparse.Namespace) -> int:
             session = client.session(
                 args.model,
                 args.version,
-                return_sequences=False if args.many_to_one else None,
+                return_sequences=True if want_state else (False if args.many_to_one else None),
+                return_state=want_state,
                 chunk_size=args.chunk,
             )
             stack.callback(_delete_quietly, session)  # one-shot: free it on the server now
@@ -242,18 +310,33 @@ def run_stream(args: argparse.Namespace) -> int:
             writer = csv.writer(out)
             outputs = info.output_columns()
             many = session.return_sequences
+            if want_state:
+                many = not args.many_to_one and info.return_sequences
             writer.writerow(["step", *outputs] if many else outputs)
             n = 0
+            xs: list[np.ndarray] = []
+            ys: list[np.ndarray] = []
+            states: list[np.ndarray] = []
             for batch in _batches(_read_rows(reader, columns, args.csv), args.chunk):
-                y = session.steps(np.asarray(batch, dtype=np.float32))
-                for i, row in enumerate(y):
-                    writer.writerow([n + i, *(f"{v:.7g}" for v in row)])
+                x = np.asarray(batch, dtype=np.float32)
+                y = session.steps(x)
+                if many:
+                    for i, row in enumerate(y):
+                        writer.writerow([n + i, *(f"{v:.7g}" for v in row)])
+                if want_state:
+                    xs.append(x)
+                    ys.append(y)
+                    if session.states is not None:
+                        states.append(session.states)
                 n += len(batch)
             if n == 0:
                 raise CliError(f"{args.csv} has a header but no rows")
             if not many:
-                writer.writerow([f"{v:.7g}" for v in session.end()])
+                last = ys[-1][-1] if want_state else session.end()  # y of the last step
+                writer.writerow([f"{v:.7g}" for v in last])
             out.flush()
+            if want_state:
+                _write_state(args, info, np.concatenate(xs), np.concatenate(ys), states)
     except CliError as exc:
         return _fail(str(exc))
     except ValueError as exc:  # the SDK's client-side input checks

@@ -51,9 +51,15 @@ def test_train_writes_a_verified_model_and_a_command_that_reproduces_it(tmp_path
     assert (manifest.n_features, manifest.n_outputs, manifest.state_size) == (2, 1, 16)
     assert manifest.onnx_sha256 == sha256_file(out / "model.onnx")
     assert manifest.config["train"]["tbptt"] == 8 and manifest.config["model"]["hidden_size"] == 8
+    # Truncation caps how far back training's gradient went; the record says so.
+    assert manifest.metrics["gradient_flow"]["reach"] == 8
+    horizon = manifest.metrics["memory_horizon"]
+    assert isinstance(horizon, int) and horizon <= 8
     assert {"rmse", "baseline_rmse", "rmse_ratio", "mae", "baseline_mae"} <= set(manifest.metrics)
     assert manifest.data["split"]["test"]["rows"] == 600
     assert sorted(p.name for p in plots.iterdir()) == [
+        "synthetic-clipping.png",
+        "synthetic-gradients.png",
         "synthetic-hidden.png",
         "synthetic-loss.png",
         "synthetic-predictions.png",
