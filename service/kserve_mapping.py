@@ -68,20 +68,6 @@ def sequence_control(request: kpb.ModelInferRequest) -> SequenceControl | None:
     return SequenceControl(sequence_id, start, end)
 
 
-def ordering_key(request: kpb.ModelInferRequest) -> tuple[str, str] | None:
-    """What a stream orders requests by: the model and the raw sequence id (None: none).
-
-    Requests of one sequence on one stream run in the order sent; others run concurrently.
-    """
-    parameter = request.parameters.get("sequence_id")
-    if parameter is None:
-        return None
-    kind = parameter.WhichOneof("parameter_choice")
-    if kind is None:
-        return None
-    return request.model_name, f"{kind}:{getattr(parameter, kind)}"
-
-
 def _sequence_id(parameter: kpb.InferParameter) -> SequenceId:
     kind = parameter.WhichOneof("parameter_choice")
     if kind == "uint64_param":

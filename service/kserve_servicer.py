@@ -124,14 +124,14 @@ class KServeServicer:
         responses may come back in another order; each carries its request's ``id``.
         """
         writing = asyncio.Lock()
-        last_of: dict[tuple[str, str], asyncio.Task[None]] = {}
+        last_of: dict[tuple[str, mapping.SequenceId], asyncio.Task[None]] = {}
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
                 request = await context.read()
                 if request is GRPC_EOF:
                     break
-                key = mapping.ordering_key(request)
+                key = _ordering_key(request)
                 before = last_of.get(key) if key is not None else None
                 task = asyncio.create_task(self._answer(request, before, context, writing))
                 running.add(task)
@@ -189,8 +189,11 @@ class KServeServicer:
                 f"{manifest.n_features}] or [1, T, {manifest.n_features}]"
             )
         session = await self._session(model, request.model_version, control)
+        # This protocol has no step indices: each request's steps come next. Requests of
+        # one sequence sent at once (from several connections) run one after the other.
+        await self.sessions.settle(session)
         out = await self.sessions.steps(session, session.next_step, inputs.x[0])
-        y = out.y if session.return_sequences else out.y[-1]
+        y = out.y if manifest.return_sequences else out.y[-1]
         if control.end:
             await self.sessions.end(session, reset=True)
             self.sessions.close(session, EndReason.CLIENT_END)
@@ -222,9 +225,21 @@ class KServeServicer:
             ) from exc
 
 
+def _ordering_key(request: kpb.ModelInferRequest) -> tuple[str, mapping.SequenceId] | None:
+    """What a stream orders requests by: the model and the sequence id (None: no sequence).
+
+    A request whose parameters are refused has none: it is answered with its refusal.
+    """
+    try:
+        control = mapping.sequence_control(request)
+    except ServiceError:
+        return None
+    return None if control is None else (request.model_name, control.sequence_id)
+
+
 def _forget_last(
-    last_of: dict[tuple[str, str], asyncio.Task[None]],
-    key: tuple[str, str],
+    last_of: dict[tuple[str, mapping.SequenceId], asyncio.Task[None]],
+    key: tuple[str, mapping.SequenceId],
     done: asyncio.Task[None],
 ) -> None:
     """Drop a sequence's last task once done, unless a later request took its place."""
