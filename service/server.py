@@ -1,7 +1,7 @@
 """The rnnstream gRPC server: ``Server`` is the entry point.
 
 ``Server(settings)`` is one server over one model repository. ``await server.start()`` loads
-the models and serves the Predictor service, ``grpc.health.v1`` and server reflection on
+the models and serves Predictor, KServe v2, ``grpc.health.v1`` and server reflection on
 ``settings.host:settings.port``; ``port`` and ``address`` say where (``--port 0`` picks a free
 port). ``await server.stop()`` drains: health turns NOT_SERVING, new work is refused, live
 streams are told the server is draining, in-flight steps finish, the sessions are written to
