@@ -1,4 +1,7 @@
-"""Generate the Python stubs of proto/rnnstream/v1 into rnnstream/v1 (``make proto``).
+"""Generate the Python stubs of proto/rnnstream/* into rnnstream/* (``make proto``).
+
+proto/rnnstream/v1 is the native API; proto/rnnstream/kserve holds Triton's KServe v2
+(Open Inference Protocol) files, generated into the package ``rnnstream.kserve``.
 
 Runs grpcio-tools' bundled protoc with mypy-protobuf's plugins, so the output is
 reproducible from the pinned dev dependencies alone. ``--out DIR`` writes elsewhere
@@ -14,7 +17,11 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
-PROTO_FILES = ["rnnstream/v1/rnnstream.proto"]
+PROTO_FILES = [
+    "rnnstream/v1/rnnstream.proto",
+    "rnnstream/kserve/grpc_service.proto",
+    "rnnstream/kserve/model_config.proto",
+]
 
 
 def _plugin(name: str) -> str:

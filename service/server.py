@@ -1,7 +1,7 @@
 """The rnnstream gRPC server: ``Server`` is the entry point.
 
 ``Server(settings)`` is one server over one model repository. ``await server.start()`` loads
-the models and serves the Predictor service, ``grpc.health.v1`` and server reflection on
+the models and serves Predictor, KServe v2, ``grpc.health.v1`` and server reflection on
 ``settings.host:settings.port``; ``port`` and ``address`` say where (``--port 0`` picks a free
 port). ``await server.stop()`` drains: health turns NOT_SERVING, new work is refused, live
 streams are told the server is draining, in-flight steps finish, the sessions are written to
@@ -36,7 +36,7 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rnnstream.server import codec, session_snapshot, snapshot
+from rnnstream.server import codec, kserve_servicer, session_snapshot, snapshot
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.moves import SessionMover
 from rnnstream.server.ownership import Ownership
@@ -181,6 +181,9 @@ class Server:
 
         server = grpc.aio.server(options=grpc_options(settings))
         add_predictor(PredictorServicer(repository, sessions, settings, metrics), server)
+        kserve_servicer.add_kserve(
+            kserve_servicer.KServeServicer(repository, sessions, settings, metrics), server
+        )
         health_servicer = add_health_and_reflection(server)
         self._port = bind(server, settings)
         # A bound grpc server frees its port only once started and stopped: nothing that can
@@ -205,7 +208,7 @@ class Server:
                     _snapshot_periodically(sessions, settings), name="periodic-snapshot"
                 )
             )
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, kserve_servicer.SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving %s on %s:%d (default model %s)",
@@ -392,6 +395,7 @@ def add_health_and_reflection(server: grpc.aio.Server) -> Any:
     reflection.enable_server_reflection(
         [
             SERVICE_NAME,
+            kserve_servicer.SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],

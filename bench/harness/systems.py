@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.paths import PEERS
+from bench.kserve import KServeProtocol
 from rnnstream import loadgen
 
 # Peer servers by name: the adapter class in ``bench.peers.NAME.client`` that drives them.
@@ -93,6 +94,8 @@ def available(
         "",
         *server_args,
     ]
+    # The same server reached over its second protocol, KServe v2 / Triton gRPC.
+    systems["rnnstream-kserve"] = System("rnnstream-kserve", rnnstream, protocol=KServeProtocol)
     for count in workers:
         name = rnnstream_name(count)
         more = [] if count == 1 else ["--workers", str(count)]

@@ -1,4 +1,4 @@
-"""The committed stubs in rnnstream/v1 are exactly what `make proto` generates from proto/."""
+"""The committed stubs (rnnstream/v1, rnnstream/kserve) are what `make proto` generates."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def test_generated_stubs_are_fresh(tmp_path):
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(
         p.relative_to(REPO)
-        for p in (REPO / "rnnstream" / "v1").iterdir()
-        if p.name.startswith("rnnstream_pb2")
+        for package in ("v1", "kserve")
+        for p in (REPO / "rnnstream" / package).iterdir()
+        if p.name.endswith((".py", ".pyi")) and "_pb2" in p.name
     )
     assert generated == committed
     stale = [str(p) for p in generated if (tmp_path / p).read_bytes() != (REPO / p).read_bytes()]

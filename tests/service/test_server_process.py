@@ -32,7 +32,7 @@ def test_serving_path_never_imports_torch():
 def test_health_and_reflection(server):
     with grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "rnnstream.v1.Predictor"):
+        for service in ("", "rnnstream.v1.Predictor", "inference.GRPCInferenceService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -40,7 +40,11 @@ def test_health_and_reflection(server):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
         )
         names = {s.name for s in next(answers).list_services_response.service}
-        assert {"rnnstream.v1.Predictor", "grpc.health.v1.Health"} <= names
+        assert {
+            "rnnstream.v1.Predictor",
+            "inference.GRPCInferenceService",
+            "grpc.health.v1.Health",
+        } <= names
 
 
 @pytest.fixture
