@@ -1,9 +1,10 @@
 """Prometheus metrics: sessions, steps, batches, latency and errors, on an HTTP port.
 
-Counters the core already keeps (sessions by state, ends by reason, steps and batches per
-model) are read at scrape time by a collector, so the hot path pays nothing for them. The
-batch-size and per-message latency histograms are observed as work happens. Each server
-has its own registry, so several can run in one process (tests).
+Counters the core already keeps (sessions by state, ends by reason, refusals by limit,
+steps and batches per model; nothing per principal, whose number is unbounded) are read
+at scrape time by a collector, so the hot path pays nothing for them. The batch-size and
+per-message latency histograms are observed as work happens. Each server has its own
+registry, so several can run in one process (tests).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class _CoreCollector(Collector):
         for reason, count in sessions.ended_counts.items():
             ended.add_metric([reason.name.lower()], count)
         yield ended
+        refusals = CounterMetricFamily(
+            "rnnstream_limit_refusals",
+            "Sessions and streams refused at a limit, by the limit's setting",
+            labels=["limit"],
+        )
+        for limit, count in sessions.limit_refusals.items():
+            refusals.add_metric([limit], count)
+        yield refusals
         steps = CounterMetricFamily(
             "rnnstream_steps",
             "Session-steps computed (one sequence, one time step)",

@@ -18,6 +18,18 @@
   drain) in one ``checkpoint_many``; the records are taken on the event loop, so each is
   consistent with its ``next_step``. A written session's ``durable_step`` moves on.
 
+Ownership travels with the entry: it names the session's principal. A session of a
+principal (an authenticated server) is written to the store as soon as it is created, so
+its principal is there before any other process can ask for it; ``bring`` for a caller
+with a principal reads the entry first and answers another principal's session NOT_FOUND
+(exactly as a missing one) without asking its holder: nothing moves. The entry a move
+brings is checked again: one of another principal (an entry that expired while its
+session stayed live, a fleet mixing servers with and without authentication) gives the
+lease back and is refused the same way, the entry left as the holder wrote it. Without
+authentication every caller is principal "": nothing is written at creation nor read
+first, and the store traffic is as before. A principal at --max-sessions-per-principal
+here is refused before anything moves.
+
 ``run`` is the background work of a process with a store: its inbox (hand-over requests
 to serve, grants and releases for ``Ownership``), lease renewal every third of the TTL (a
 lease found lost drops its session), and checkpoints every ``--snapshot-interval-s``.
@@ -29,12 +41,14 @@ import asyncio
 import logging
 
 from rnnstream.server import session_snapshot
-from rnnstream.server.errors import NotFound, ResourceExhausted
+from rnnstream.server.errors import NotFound, Unavailable
 from rnnstream.server.ownership import Ownership, unreachable
 from rnnstream.server.session_ids import new_session_id
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.store import (
     HandoverRequest,
+    Lease,
+    LeaseLost,
     StoredSession,
     StoreEntryError,
     StoreUnavailable,
@@ -67,10 +81,13 @@ class SessionMover:
         return_sequences: bool | None,
         return_state: bool | None,
         idle_ttl_s: float,
+        principal: str = "",
     ) -> Session | None:
         """The session ``session_id`` taken over and restored here, or None if nobody has it.
 
-        With ``create`` a session nobody has is created here under the id instead.
+        With ``create`` a session nobody has is created here under the id instead, for
+        ``principal``. A session found here is returned whoever it belongs to (the caller
+        checks); one held elsewhere by another principal is NotFound and stays there.
         """
         lock = self._arrivals.setdefault(session_id, asyncio.Lock())
         try:
@@ -78,10 +95,13 @@ class SessionMover:
                 session = self.sessions.find(session_id)
                 if session is not None:  # an Open that waited for the lock
                     return session
+                if principal:
+                    await self._check_owner(session_id, principal)
+                self.sessions.check_session_room(principal)
                 taken = await self.ownership.take(session_id)
                 lease = taken.lease
                 try:
-                    stored = await self._checked(session_id, taken.stored)
+                    stored = await self._checked(session_id, taken.stored, principal)
                     if stored is not None:
                         return self._restore(stored)
                     if not create:
@@ -89,9 +109,15 @@ class SessionMover:
                         await self.ownership.release(lease)
                         return None
                     session = self.sessions.create(
-                        model, version, return_sequences, return_state, idle_ttl_s, session_id
+                        model,
+                        version,
+                        return_sequences,
+                        return_state,
+                        idle_ttl_s,
+                        session_id,
+                        principal,
                     )
-                    session.durable_step = 0  # a create elsewhere starts from step 0 too
+                    await self._created(session, lease)
                     return session
                 except BaseException:
                     self.ownership.forget(session_id)
@@ -108,25 +134,71 @@ class SessionMover:
         return_sequences: bool | None,
         return_state: bool | None,
         idle_ttl_s: float,
+        principal: str = "",
     ) -> Session:
-        """A new session under a server-made id, with its lease (nobody else can hold it)."""
+        """A new session of ``principal`` under a server-made id, with its lease.
+
+        Nobody else can hold the lease of a new id.
+        """
         session_id = new_session_id()
         lease = (await self.ownership.take(session_id)).lease
         try:
             session = self.sessions.create(
-                model, version, return_sequences, return_state, idle_ttl_s, session_id
+                model,
+                version,
+                return_sequences,
+                return_state,
+                idle_ttl_s,
+                session_id,
+                principal,
             )
+            await self._created(session, lease)
         except BaseException:
             self.ownership.forget(session_id)
             await self.ownership.release(lease)
             raise
-        session.durable_step = 0
         return session
 
-    async def _checked(self, session_id: str, handed: StoredSession | None) -> StoredSession | None:
+    async def _created(self, session: Session, lease: Lease) -> None:
+        """A session just created here under ``lease``: durable at step 0.
+
+        A session with a principal is written to the store now, so its principal is there
+        before another process can ask for it; when that fails it is dropped here again
+        (the caller gives the lease back) and the Open refused.
+        """
+        session.durable_step = 0  # a create elsewhere starts from step 0 too
+        if not session.principal:
+            return
+        try:
+            await self.store.checkpoint(
+                lease, session_snapshot.stored(session, self.sessions.clock())
+            )
+        except (StoreUnavailable, LeaseLost) as exc:
+            self.sessions.forget(session)
+            if isinstance(exc, StoreUnavailable):
+                raise unreachable(exc) from exc
+            raise Unavailable(
+                f"session {session.id} was taken over as it was created: retry"
+            ) from exc
+
+    async def _check_owner(self, session_id: str, principal: str) -> None:
+        """NotFound, as for a missing session, when the stored entry is another principal's."""
+        try:
+            stored = await self.store.load(session_id)
+        except StoreUnavailable as exc:
+            raise unreachable(exc) from exc
+        except StoreEntryError:
+            return  # the take that follows says why it cannot be used
+        if stored is not None and stored.record.principal != principal:
+            raise self.sessions.not_found(session_id, principal)
+
+    async def _checked(
+        self, session_id: str, handed: StoredSession | None, principal: str
+    ) -> StoredSession | None:
         """The session's entry, ``handed`` over or else loaded.
 
-        Raises NotFound with the reason when it cannot be used here.
+        Raises NotFound with the reason when it cannot be used here, and exactly as for a
+        missing session when it is another principal's.
         """
         try:
             stored = handed or await self.store.load(session_id)
@@ -136,6 +208,8 @@ class SessionMover:
             raise NotFound(f"session {session_id!r} was not restored: {exc}") from exc
         if stored is None:
             return None
+        if stored.record.principal != principal:
+            raise self.sessions.not_found(session_id, principal)
         try:
             loaded = self.sessions.repository.get(stored.graph.model, stored.graph.version)
         except NotFound:
@@ -153,11 +227,7 @@ class SessionMover:
         """A session from its entry, in a row of its (checked) graph's table."""
         g = stored.graph
         loaded = self.sessions.repository.get(g.model, g.version)
-        if loaded.table.free == 0 and not self.sessions.evict_one(loaded):
-            raise ResourceExhausted(
-                f"model {loaded.key} already holds {loaded.table.capacity} sessions, all with "
-                "live streams or steps in flight: retry later, or raise --max-sessions"
-            )
+        self.sessions.make_room(loaded)
         session = session_snapshot.from_record(loaded, stored.record, self.sessions.clock())
         session.durable_step = stored.durable_step
         self.sessions.add(session)

@@ -3,6 +3,8 @@
 Nothing here decides anything: sessions, the engine and the repository do. ``ServiceError``
 subclasses carry their status code; ``_unary`` and ``Stream`` map them to ``abort`` in one
 way each. A refused message changes no state, and the session survives a refused stream.
+Every handler that names a session passes the caller's principal (``_principal``) to the
+session manager, which answers another principal's session as a missing one.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             for model in repository.models()
         }
 
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """Who is calling: the principal its sessions belong to ("" without authentication)."""
+        return ""
+
     @_unary
     async def ListModels(  # noqa: N802 (gRPC method name)
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -131,7 +137,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SessionInfo:
         """Where a session stands."""
-        session = self.sessions.get(request.session_id)
+        session = self.sessions.get(request.session_id, self._principal(context))
         now = self.sessions.clock()
         return pb.SessionInfo(
             session_id=session.id,
@@ -155,12 +161,13 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         With a session store a session held by another process is moved here first, so it
         ends wherever it was (and its store entry goes).
         """
+        principal = self._principal(context)
         mover = self.sessions.mover
         if mover is not None and self.sessions.find(request.session_id) is None:
             check_session_id(request.session_id, "session_id")
-            await mover.bring(request.session_id, False, "", "", None, None, 0.0)
-        if not self.sessions.delete(request.session_id):
-            self.sessions.get(request.session_id)  # raises NotFound with the message
+            await mover.bring(request.session_id, False, "", "", None, None, 0.0, principal)
+        if not self.sessions.delete(request.session_id, principal):
+            self.sessions.get(request.session_id, principal)  # raises NotFound with the message
         return pb.DeleteSessionResponse(deleted=True)
 
     async def Stream(  # type: ignore[override]  # noqa: N802 (read/write style, not a generator)
@@ -183,6 +190,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 open_.return_state if open_.HasField("return_state") else None,
                 open_.idle_ttl_s,
                 create=open_.create,
+                principal=self._principal(context),
             )
             # From here on the finally clause detaches, however the stream ends.
             self.sessions.attach(session, handle)

@@ -2,7 +2,9 @@
 
 ``snapshot`` writes and reads the file; this module takes every session's record from a
 ``SessionManager`` and brings records back as sessions, refusing (with a reason a resuming
-client is told) those whose model version is gone or whose graph changed.
+client of the session's principal is told) those whose model version is gone or whose
+graph changed. A record carries the session's principal, so a session belongs to the
+same principal wherever and whenever it is restored.
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ def restore(sessions: SessionManager, groups: list[ModelSessions]) -> int:
     for group in groups:
         reason = _refusal(sessions.repository, group)
         if reason is not None:
-            sessions.refused.update(dict.fromkeys((r.session_id for r in group.records), reason))
+            for rec in group.records:
+                sessions.refuse(rec.session_id, rec.principal, reason)
             continue
         loaded = sessions.repository.get(group.model, group.version)
         for rec in group.records:
             if loaded.table.free == 0 or sessions.find(rec.session_id) is not None:
-                sessions.refused[rec.session_id] = "the restored server had no room for it"
+                sessions.refuse(
+                    rec.session_id, rec.principal, "the restored server had no room for it"
+                )
                 continue
             sessions.add(from_record(loaded, rec, now))
             restored += 1
@@ -74,6 +79,7 @@ def record(session: Session, now: float) -> SessionRecord:
         replay_start=replay.start,
         replay_y=replay.y,
         replay_states=replay.states,
+        principal=session.principal,
     )
 
 
@@ -90,6 +96,7 @@ def from_record(loaded: LoadedModel, rec: SessionRecord, now: float) -> Session:
         rec.return_state,
         rec.idle_ttl_s,
         now,
+        rec.principal,
     )
     session.created = now - rec.age_s
     session.next_step = session.restored_step = rec.next_step

@@ -12,6 +12,15 @@ A session has at most one live stream (``StreamHandle``); an Open that resumes i
 over and the old stream ends as superseded. A session without a stream waits ``idle_ttl_s``
 to be resumed; at capacity the least recently used idle session is evicted.
 
+A session belongs to the principal that created it (the authenticated client; "" for
+every caller of a server without authentication). Every call that names a session takes
+the caller's principal: to another principal the session is answered exactly as one that
+does not exist (the same NotFound message) and nothing changes. A principal holds at most
+``--max-sessions-per-principal`` sessions and ``--max-streams-per-principal`` live streams
+here (0: unlimited); past either it is refused before anything else happens, so eviction
+at capacity never makes room for it with another principal's session. Refusals at every
+limit are counted by the limit's setting name (``limit_refusals``).
+
 Plain asyncio: the servicer translates protobuf to these calls. Snapshots of sessions are
 taken and restored by ``session_snapshot``. With a session store (``--store``) sessions
 also move between processes: every session held here has a lease (``ownership``), a step
@@ -27,6 +36,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +65,9 @@ if TYPE_CHECKING:
     from rnnstream.server.moves import SessionMover
 
 log = logging.getLogger(__name__)
+
+# The settings whose limit a session or stream can be refused at (``limit_refusals``).
+LIMITS = ("max_sessions", "max_streams", "max_sessions_per_principal", "max_streams_per_principal")
 
 
 @dataclass
@@ -93,6 +106,7 @@ class Session:
         "model",
         "next_step",
         "owner",
+        "principal",
         "replay",
         "restored_step",
         "return_sequences",
@@ -110,8 +124,10 @@ class Session:
         return_state: bool,
         idle_ttl_s: float,
         now: float,
+        principal: str = "",
     ) -> None:
         self.id = session_id
+        self.principal = principal
         self.model = model
         self.row = row
         self.return_sequences = return_sequences
@@ -172,7 +188,7 @@ class SessionManager:
     Example (inside a coroutine)::
 
         sessions = SessionManager(repository, settings)
-        s = await sessions.open("seattle-temp", "", "", return_sequences=True, return_state=False)
+        s = await sessions.open("seattle-temp", "", "", True, False, principal="alice")
         out = await sessions.steps(s, start=0, x=np.array([[51.0]], np.float32))
         out.y   # [1, 1]: next hour's temperature
     """
@@ -199,9 +215,15 @@ class SessionManager:
             deadline=lambda s: s.expires_at, gone=lambda s: s.ended is not None
         )
         self.live_streams = 0
+        # Sessions held and live streams, per principal (none kept at 0): the fair limits.
+        self._sessions_of: Counter[str] = Counter()
+        self._streams_of: Counter[str] = Counter()
         self.ended_counts: dict[EndReason, int] = dict.fromkeys(EndReason, 0)
-        # Sessions a snapshot held but that could not be restored, with the reason.
+        self.limit_refusals: dict[str, int] = dict.fromkeys(LIMITS, 0)
+        # Sessions a snapshot held but that could not be restored, with the reason, and
+        # the principal each belonged to (only that principal is told the reason).
         self.refused: dict[str, str] = {}
+        self._refused_principals: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -220,22 +242,37 @@ class SessionManager:
                 return session
         return None
 
-    def get(self, session_id: str) -> Session:
-        """The session with this id, or NotFound saying what to do.
+    def get(self, session_id: str, principal: str = "") -> Session:
+        """The session with this id if it belongs to ``principal``, or NotFound saying what to do.
 
-        An id outside the rule (``session_ids``) is InvalidArgument.
+        Another principal's session is answered as one that does not exist. An id outside
+        the rule (``session_ids``) is InvalidArgument.
         """
         check_session_id(session_id, "session_id")
         session = self.find(session_id)
-        if session is None and session_id in self.refused:
-            raise NotFound(f"session {session_id!r} was not restored: {self.refused[session_id]}")
-        if session is None:
-            raise NotFound(
-                f"session {session_id!r} does not exist: it ended, expired after "
-                f"{self.settings.idle_ttl_s:g}s idle, or was never created; open a new session "
-                "with an empty Open.session_id"
-            )
+        if session is None or session.principal != principal:
+            raise self.not_found(session_id, principal)
         return session
+
+    def not_found(self, session_id: str, principal: str) -> NotFound:
+        """The NotFound for a session ``principal`` has none of here, saying what to do.
+
+        One wording whether the session never existed, ended, or belongs to another
+        principal; only a session of ``principal`` that a snapshot could not restore says so.
+        """
+        reason = self.refused.get(session_id)
+        if reason is not None and self._refused_principals.get(session_id) == principal:
+            return NotFound(f"session {session_id!r} was not restored: {reason}")
+        return NotFound(
+            f"session {session_id!r} does not exist: it ended, expired after "
+            f"{self.settings.idle_ttl_s:g}s idle, or was never created; open a new session "
+            "with an empty Open.session_id"
+        )
+
+    def refuse(self, session_id: str, principal: str, reason: str) -> None:
+        """Remember why a snapshot session of ``principal`` could not be restored."""
+        self.refused[session_id] = reason
+        self._refused_principals[session_id] = principal
 
     async def open(
         self,
@@ -246,6 +283,7 @@ class SessionManager:
         return_state: bool | None,
         idle_ttl_s: float = 0.0,
         create: bool = False,
+        principal: str = "",
     ) -> Session:
         """A new session (empty ``session_id``), or the session ``session_id`` to resume.
 
@@ -254,6 +292,8 @@ class SessionManager:
         means the model's default mode (new session) or the session's current mode
         (resume); ``return_state`` None means off (new) or unchanged (resume);
         ``idle_ttl_s`` 0 the server's default (new) or the session's current TTL (resume).
+        A new session belongs to ``principal``; another principal's session is NotFound
+        (with ``create`` too: its id is not free) and is left as it was.
         """
         if self.draining:
             raise Unavailable("the server is draining: open the session on another server")
@@ -266,25 +306,26 @@ class SessionManager:
                 )
             if self.mover is not None:
                 return await self.mover.create_here(
-                    model, version, return_sequences, return_state, ttl
+                    model, version, return_sequences, return_state, ttl, principal
                 )
-            return self.create(model, version, return_sequences, return_state, ttl)
+            return self.create(
+                model, version, return_sequences, return_state, ttl, principal=principal
+            )
         check_session_id(session_id, "Open.session_id")
         existing = self.find(session_id)
         if existing is None and self.mover is not None:
             existing = await self.mover.bring(
-                session_id, create, model, version, return_sequences, return_state, ttl
+                session_id, create, model, version, return_sequences, return_state, ttl, principal
             )
-            if existing is None:
-                self.get(session_id)  # raises NotFound saying why
-            assert existing is not None
-        if existing is None and (not create or session_id in self.refused):
-            self.get(session_id)  # raises NotFound saying why
-        if existing is None:
-            return self.create(model, version, return_sequences, return_state, ttl, session_id)
+        elif existing is None and create and session_id not in self.refused:
+            return self.create(
+                model, version, return_sequences, return_state, ttl, session_id, principal
+            )
+        if existing is None or existing.principal != principal:
+            raise self.not_found(session_id, principal)
         if existing.owner is None:  # a takeover adds no stream; a resume does
-            self._check_stream_room()
-        session = self._resume(model, version, session_id, return_sequences, return_state)
+            self._check_stream_room(principal)
+        session = self._resume(model, version, existing, return_sequences, return_state)
         if ttl and ttl != session.idle_ttl_s:
             session.idle_ttl_s = ttl
             self._expiry.push(session)  # a shorter TTL must not wait for the old deadline
@@ -298,22 +339,20 @@ class SessionManager:
         return_state: bool | None,
         idle_ttl_s: float = 0.0,
         session_id: str = "",
+        principal: str = "",
     ) -> Session:
-        """A new session of ``model`` in this process, under ``session_id`` or a new id.
+        """A new session of ``principal`` in this process, under ``session_id`` or a new id.
 
-        The arguments mean what they mean for a new session in ``open``.
+        The arguments mean what they mean for a new session in ``open``. A principal at
+        its limits is refused before any session is evicted to make room.
         """
         if self.draining:
             raise Unavailable("the server is draining: open the session on another server")
         ttl = self._check_ttl(idle_ttl_s)
-        self._check_stream_room()
+        self._check_stream_room(principal)
+        self.check_session_room(principal)
         loaded = self.repository.get(model, version)
-        if loaded.table.free == 0 and not self.evict_one(loaded):
-            raise ResourceExhausted(
-                f"model {loaded.key} already holds {loaded.table.capacity} sessions, all with "
-                "live streams or steps in flight: end or delete sessions, retry later, or raise "
-                "--max-sessions"
-            )
+        self.make_room(loaded)
         now = self.clock()
         session = Session(
             session_id=session_id or new_session_id(),
@@ -325,6 +364,7 @@ class SessionManager:
             return_state=bool(return_state),
             idle_ttl_s=ttl or self.settings.idle_ttl_s,
             now=now,
+            principal=principal,
         )
         self.add(session)
         log.debug(
@@ -333,18 +373,57 @@ class SessionManager:
         )
         return session
 
-    def _check_stream_room(self) -> None:
-        """Refuse another live stream at --max-streams."""
+    def _check_stream_room(self, principal: str) -> None:
+        """Refuse another live stream at --max-streams, or of ``principal`` at its limit."""
         if self.live_streams >= self.settings.max_streams:
-            raise ResourceExhausted(
+            raise self.refusal(
+                "max_streams",
                 f"the server already carries {self.live_streams} live streams (--max-streams): "
-                "close idle streams or retry later"
+                "close idle streams or retry later",
             )
+        limit = self.settings.max_streams_per_principal
+        if limit and self._streams_of[principal] >= limit:
+            raise self.refusal(
+                "max_streams_per_principal",
+                f"{_who(principal)} already holds {limit} live streams here, its limit "
+                "(--max-streams-per-principal): close idle streams or retry later",
+            )
+
+    def check_session_room(self, principal: str) -> None:
+        """Refuse one more session of ``principal`` here at --max-sessions-per-principal."""
+        limit = self.settings.max_sessions_per_principal
+        if limit and self._sessions_of[principal] >= limit:
+            raise self.refusal(
+                "max_sessions_per_principal",
+                f"{_who(principal)} already holds {limit} sessions here, its limit "
+                "(--max-sessions-per-principal): end or delete sessions, or retry later",
+            )
+
+    def make_room(self, loaded: LoadedModel) -> None:
+        """Free a row of ``loaded``'s full table by eviction, or refuse at --max-sessions."""
+        if loaded.table.free == 0 and not self.evict_one(loaded):
+            raise self.refusal(
+                "max_sessions",
+                f"model {loaded.key} already holds {loaded.table.capacity} sessions, all with "
+                "live streams or steps in flight: end or delete sessions, retry later, or raise "
+                "--max-sessions",
+            )
+
+    def refusal(self, limit: str, message: str) -> ResourceExhausted:
+        """The ResourceExhausted for a refusal at the setting ``limit``, counted."""
+        self.limit_refusals[limit] += 1
+        return ResourceExhausted(message)
 
     def add(self, session: Session) -> None:
         """Track a new or restored session."""
         self._by_model.setdefault(session.model.key, {})[session.id] = session
+        self._sessions_of[session.principal] += 1
         self._expiry.push(session)
+
+    def _untrack(self, session: Session) -> None:
+        """Stop tracking an ended or moved session (not ``ended`` yet: it was tracked)."""
+        self._by_model.get(session.model.key, {}).pop(session.id, None)
+        _decrement(self._sessions_of, session.principal)
 
     def _check_ttl(self, idle_ttl_s: float) -> float:
         """A client's idle TTL request, checked against the server's maximum (0: none)."""
@@ -359,16 +438,15 @@ class SessionManager:
         self,
         model: str,
         version: str,
-        session_id: str,
+        session: Session,
         return_sequences: bool | None,
         return_state: bool | None,
     ) -> Session:
-        """Look up a session to resume, checking the Open's model against the session's."""
-        session = self.get(session_id)
+        """Resume a session of the caller's, checking the Open's model against the session's."""
         manifest = session.model.manifest
         if (model and model != manifest.name) or (version and version != manifest.version):
             raise InvalidArgument(
-                f"session {session_id!r} belongs to model {session.model.key}, but Open asks "
+                f"session {session.id!r} belongs to model {session.model.key}, but Open asks "
                 f"for {model or '(default)'}/{version or '(latest)'}: leave Open.model and "
                 "Open.version empty when resuming, or open a new session"
             )
@@ -390,6 +468,7 @@ class SessionManager:
         session.owner = handle
         if old is None:
             self.live_streams += 1
+            self._streams_of[session.principal] += 1
         elif old is not handle:
             old.end(EndReason.SUPERSEDED)
 
@@ -404,6 +483,7 @@ class SessionManager:
         owner, session.owner = session.owner, None
         if owner is not None:
             self.live_streams -= 1
+            _decrement(self._streams_of, session.principal)
         return owner
 
     async def settle(self, session: Session) -> None:
@@ -528,7 +608,7 @@ class SessionManager:
         if session.ended is not None:
             return
         session.ended = reason
-        self._by_model.get(session.model.key, {}).pop(session.id, None)
+        self._untrack(session)
         self.ended_counts[reason] += 1
         log.debug(
             "session ended: %s",
@@ -582,7 +662,7 @@ class SessionManager:
         if session.ended is not None:
             return
         session.ended = EndReason.SUPERSEDED
-        self._by_model.get(session.model.key, {}).pop(session.id, None)
+        self._untrack(session)
         owner = self._drop_owner(session)
         if owner is not None:
             owner.end(EndReason.SUPERSEDED, message)
@@ -593,11 +673,11 @@ class SessionManager:
             extra={"session_id": session.id, "model": session.model.key, "event": "moved"},
         )
 
-    def delete(self, session_id: str) -> bool:
-        """DeleteSession: end it now; False when there was no such session."""
+    def delete(self, session_id: str, principal: str = "") -> bool:
+        """DeleteSession: end it now; False when ``principal`` has no such session here."""
         check_session_id(session_id, "session_id")
         session = self.find(session_id)
-        if session is None:
+        if session is None or session.principal != principal:
             return False
         self.close(session, EndReason.DELETED)
         return True
@@ -668,3 +748,17 @@ class SessionManager:
             raise NotFound(
                 f"session {session.id} has ended: {END_MESSAGES[session.ended]}; open a new one"
             )
+
+
+def _who(principal: str) -> str:
+    """The principal a limit refusal speaks of."""
+    if principal:
+        return f"principal {principal!r}"
+    return "principal '' (every caller of a server without authentication)"
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    """One less of ``key``, keeping no zero counts (principals come and go)."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]

@@ -59,6 +59,21 @@ class Settings:
     max_streams: int = field(
         default=10_000, metadata={"help": "most live streams at once; more are refused"}
     )
+    max_sessions_per_principal: int = field(
+        default=0,
+        metadata={
+            "help": "sessions one principal (an authenticated client; without authentication "
+            "every caller is one) may hold in this process; more are refused with "
+            "RESOURCE_EXHAUSTED, never made room for by evicting another's (0: unlimited)"
+        },
+    )
+    max_streams_per_principal: int = field(
+        default=0,
+        metadata={
+            "help": "live streams one principal may hold in this process; more are refused "
+            "with RESOURCE_EXHAUSTED (0: unlimited)"
+        },
+    )
     max_pending_requests: int = field(
         default=10_000,
         metadata={
@@ -189,6 +204,9 @@ class Settings:
             problems.append("inline_max_steps must be 0 or more")
         if self.replay_steps < 0:
             problems.append("replay_steps must be 0 or more")
+        for name in ("max_sessions_per_principal", "max_streams_per_principal"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 (unlimited) or more")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 

@@ -3,8 +3,13 @@
 The file is a numpy ``.npz`` (no pickle): per model version, columnar arrays of session
 ids, state rows, step counters, flags and the cached outputs used for retransmissions,
 plus a JSON header naming each model version and the sha256 of the graph the states
-belong to. It is written to a temporary file, fsynced, and renamed over the old one, so a
-crash mid-write leaves the previous snapshot intact.
+belong to, and (format 2) the principal each session belongs to. It is written to a
+temporary file, fsynced, and renamed over the old one, so a crash mid-write leaves the
+previous snapshot intact.
+
+A snapshot where every session belongs to principal "" (a server without authentication)
+is written in format 1, without the principals, so servers from before principals read
+it; both formats are read, format 1 as principal "".
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
+# Format 1 has no principals column: every session of it belongs to principal "".
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -36,6 +43,7 @@ class SessionRecord:
     replay_start: int
     replay_y: np.ndarray | None  # [r, O]
     replay_states: np.ndarray | None  # [r, S]
+    principal: str = ""  # who the session belongs to ("" without authentication)
 
 
 @dataclass
@@ -53,7 +61,8 @@ class ModelSessions:
 def write(path: Path, groups: list[ModelSessions]) -> int:
     """Write a snapshot atomically (temp file, fsync, rename); returns the session count."""
     arrays: dict[str, np.ndarray] = {}
-    header = {"format": FORMAT, "written_at": time.time(), "groups": []}
+    principals = any(r.principal for g in groups for r in g.records)
+    header = {"format": FORMAT if principals else 1, "written_at": time.time(), "groups": []}
     for g, group in enumerate(groups):
         header["groups"].append(  # type: ignore[attr-defined]
             {
@@ -65,6 +74,8 @@ def write(path: Path, groups: list[ModelSessions]) -> int:
             }
         )
         arrays.update(_columns(f"g{g}_", group))
+        if principals:
+            arrays[f"g{g}_principals"] = np.array([r.principal for r in group.records], dtype=str)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=path.parent)
@@ -122,8 +133,11 @@ def read(path: Path) -> tuple[float, list[ModelSessions]]:
     """Read a snapshot: when it was written, and its sessions by model version."""
     with np.load(path, allow_pickle=False) as data:
         header = json.loads(bytes(data["header"]).decode())
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path}: snapshot format {header.get('format')}, expected {FORMAT}")
+        if header.get("format") not in READABLE_FORMATS:
+            raise ValueError(
+                f"{path}: snapshot format {header.get('format')}, expected one of "
+                f"{', '.join(map(str, READABLE_FORMATS))}"
+            )
         groups = []
         for g, meta in enumerate(header["groups"]):
             p = f"g{g}_"
@@ -139,7 +153,9 @@ def read(path: Path) -> tuple[float, list[ModelSessions]]:
             replay_s = np.split(
                 data[p + "replay_states"], np.cumsum(data[p + "replay_states_len"])[:-1]
             )
-            for i, session_id in enumerate(data[p + "ids"]):
+            ids = data[p + "ids"]
+            principals = data[p + "principals"] if p + "principals" in data else [""] * len(ids)
+            for i, session_id in enumerate(ids):
                 ints, flags, floats = (
                     data[p + "ints"][i],
                     data[p + "flags"][i],
@@ -158,6 +174,7 @@ def read(path: Path) -> tuple[float, list[ModelSessions]]:
                         replay_start=int(ints[2]),
                         replay_y=replay_y[i] if len(replay_y[i]) else None,
                         replay_states=replay_s[i] if len(replay_s[i]) else None,
+                        principal=str(principals[i]),
                     )
                 )
             groups.append(group)

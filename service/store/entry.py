@@ -8,7 +8,12 @@ An entry is a fixed little-endian header, the UTF-8 strings it names, the float3
     idle_ttl_s, age_s, checkpointed_at             f64 each
     n_outputs, state_size, replay_y rows, replay_states rows        u32 each
     lengths of session_id, model, version, onnx_sha256             u16 each
-    the four strings, the arrays, crc32 u32
+    (format 2) length of principal                                 u16
+    the strings, the arrays, crc32 u32
+
+Format 2 adds the principal the session belongs to (a name, never a credential). An
+entry whose principal is "" (a server without authentication) is written in format 1,
+which servers from before principals read too; a format 1 entry reads as principal "".
 
 Decoding checks every length and the checksum and raises ``StoreEntryError`` with the
 reason, so a corrupt or foreign entry never reaches a state table.
@@ -26,8 +31,12 @@ from rnnstream.server.snapshot import SessionRecord
 from rnnstream.server.store.errors import StoreEntryError
 
 MAGIC = b"RNSS"
-FORMAT = 1
-_HEADER = struct.Struct("<4sHBxqqqdddIIIIHHHH")
+FORMAT = 2
+# The header of each format this server reads: format 2 adds the principal's length.
+_HEADERS = {
+    1: struct.Struct("<4sHBxqqqdddIIIIHHHH"),
+    2: struct.Struct("<4sHBxqqqdddIIIIHHHHH"),
+}
 _CRC = struct.Struct("<I")
 _FLOAT32 = np.dtype("<f4")
 
@@ -95,16 +104,20 @@ def encode_entry(stored: StoredSession, checkpointed_at: float) -> bytes:
     state = _rows("state", record.state, (graph.state_size,))
     replay_y = _optional_rows("replay_y", record.replay_y, graph.n_outputs)
     replay_states = _optional_rows("replay_states", record.replay_states, graph.state_size)
-    texts = [s.encode() for s in (record.session_id, graph.model, graph.version, graph.onnx_sha256)]
+    names = [record.session_id, graph.model, graph.version, graph.onnx_sha256]
+    form = FORMAT if record.principal else 1
+    if form >= 2:
+        names.append(record.principal)
+    texts = [s.encode() for s in names]
     flags = (
         _RETURN_SEQUENCES * record.return_sequences
         | _RETURN_STATE * record.return_state
         | _HAS_REPLAY_Y * (replay_y is not None)
         | _HAS_REPLAY_STATES * (replay_states is not None)
     )
-    header = _HEADER.pack(
+    header = _HEADERS[form].pack(
         MAGIC,
-        FORMAT,
+        form,
         flags,
         record.next_step,
         record.sequence_steps,
@@ -141,13 +154,18 @@ def _optional_rows(name: str, array: np.ndarray | None, width: int) -> np.ndarra
 
 def decode_entry(data: bytes) -> StoredSession:
     """The stored session in ``data``; raises StoreEntryError saying what is wrong with it."""
-    if len(data) < _HEADER.size + _CRC.size:
+    if len(data) < _HEADERS[1].size + _CRC.size:
         raise StoreEntryError(f"entry of {len(data)} bytes is shorter than its header")
     magic, form = data[:4], int.from_bytes(data[4:6], "little")
     if magic != MAGIC:
         raise StoreEntryError(f"not a session entry (magic {magic!r}, expected {MAGIC!r})")
-    if form != FORMAT:
-        raise StoreEntryError(f"entry format {form}, this server reads format {FORMAT}")
+    header = _HEADERS.get(form)
+    if header is None:
+        raise StoreEntryError(
+            f"entry format {form}, this server reads formats {', '.join(map(str, _HEADERS))}"
+        )
+    if len(data) < header.size + _CRC.size:
+        raise StoreEntryError(f"entry of {len(data)} bytes is shorter than its header")
     body, (crc,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
     if zlib.crc32(body) != crc:
         raise StoreEntryError("entry checksum mismatch: the entry is corrupt")
@@ -166,10 +184,10 @@ def decode_entry(data: bytes) -> StoredSession:
         replay_y_rows,
         replay_states_rows,
         *text_lengths,
-    ) = _HEADER.unpack_from(body)
-    reader = _Reader(body, _HEADER.size)
+    ) = header.unpack_from(body)
+    reader = _Reader(body, header.size)
     try:
-        session_id, model, version, sha256 = (reader.text(n) for n in text_lengths)
+        session_id, model, version, sha256, *principal = (reader.text(n) for n in text_lengths)
     except UnicodeDecodeError as e:
         raise StoreEntryError(f"entry names are not UTF-8: {e}") from None
     state = reader.floats((state_size,))
@@ -189,6 +207,7 @@ def decode_entry(data: bytes) -> StoredSession:
         replay_start=replay_start,
         replay_y=replay_y if flags & _HAS_REPLAY_Y else None,
         replay_states=replay_states if flags & _HAS_REPLAY_STATES else None,
+        principal=principal[0] if principal else "",
     )
     graph = GraphIdentity(model, version, sha256, n_outputs, state_size)
     return StoredSession(record, graph, checkpointed_at)
