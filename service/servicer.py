@@ -18,8 +18,15 @@ from typing import Any, TypeVar
 import grpc
 
 from rnnstream.server import codec
+from rnnstream.server.auth import Authenticator
 from rnnstream.server.end_reasons import EndReason
-from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from rnnstream.server.errors import (
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
 from rnnstream.server.repository import ModelRepository
@@ -95,21 +102,36 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         sessions: SessionManager,
         settings: Settings,
         metrics: Metrics,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        """``authenticator`` None: every caller is let in, as principal ""."""
         self.repository = repository
         self.sessions = sessions
         self.settings = settings
         self.metrics = metrics
+        self.authenticator = authenticator or Authenticator()
         self._model_infos = {
             model.key: codec.model_info(model.manifest, model.graph)
             for model in repository.models()
         }
+
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """Who is calling ("" when unauthenticated); Unauthenticated, counted, if refused."""
+        try:
+            return self.authenticator.principal(
+                context.invocation_metadata(), context.auth_context()
+            )
+        except Unauthenticated as exc:
+            self.metrics.auth_failure(exc.reason)
+            raise
 
     @_unary
     async def ListModels(  # noqa: N802 (gRPC method name)
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         """Every served model version."""
+        principal = self._principal(context)
+        del principal  # models are everyone's
         return pb.ListModelsResponse(
             models=list(self._model_infos.values()), default_model=self.repository.default_name
         )
@@ -119,6 +141,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PredictResponse:
         """Whole sequences from the initial state; no session."""
+        principal = self._principal(context)
+        del principal  # no session to own
         if self.sessions.draining:
             raise Unavailable("the server is draining: send Predict to another server")
         model = self.repository.get(request.model, request.version)
@@ -131,6 +155,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SessionInfo:
         """Where a session stands."""
+        principal = self._principal(context)
+        del principal  # not yet passed to the sessions
         session = self.sessions.get(request.session_id)
         now = self.sessions.clock()
         return pb.SessionInfo(
@@ -155,6 +181,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         With a session store a session held by another process is moved here first, so it
         ends wherever it was (and its store entry goes).
         """
+        principal = self._principal(context)
+        del principal  # not yet passed to the sessions
         mover = self.sessions.mover
         if mover is not None and self.sessions.find(request.session_id) is None:
             check_session_id(request.session_id, "session_id")
@@ -172,6 +200,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         handle = StreamHandle(asyncio.current_task(), self.settings.write_grace_s)
         session: Session | None = None
         try:
+            principal = self._principal(context)
+            del principal  # not yet passed to the sessions
             open_ = await self._read_open(context)
             if open_ is None:
                 return
