@@ -1,4 +1,4 @@
-"""Reading the files that hold secrets (a TLS key, the token file), and saying when they leak.
+"""Reading the security files (token file, TLS key and certificates), and saying when they leak.
 
 A file is read whole, and a problem is raised as ``SecretFileError`` in one line that names
 the flag and the path, never the content. A secret file that group or others may read gets
