@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         ResourceExhaustedError,
         RnnstreamError,
         SessionEndedError,
+        UnauthenticatedError,
         UnavailableError,
         from_rpc_error,
     )
@@ -53,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "UnavailableError": "rnnstream.errors",
     "SessionEndedError": "rnnstream.errors",
     "DataLossError": "rnnstream.errors",
+    "UnauthenticatedError": "rnnstream.errors",
     "from_rpc_error": "rnnstream.errors",
 }
 
@@ -70,6 +72,7 @@ __all__ = [
     "Session",
     "SessionEndedError",
     "SessionInfo",
+    "UnauthenticatedError",
     "UnavailableError",
     "__version__",
     "from_rpc_error",

@@ -1,7 +1,9 @@
 """What the blocking and the asyncio client share without I/O.
 
-Their defaults, the reconnect backoff, the retry rule of unary calls and the cached model
-list. ``rnnstream.client`` and ``rnnstream.aio`` both build on :class:`ClientBase`; neither
+Their defaults, the reconnect backoff, the retry rule of unary calls, the cached model
+list, and how they prove who they are: TLS channel credentials and the bearer token every
+call and stream carries as ``authorization`` metadata. ``rnnstream.client`` and
+``rnnstream.aio`` both build on :class:`ClientBase`; neither
 imports the other.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 import grpc
 
 from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS
+from rnnstream._session_id import Metadata
 from rnnstream.errors import UnavailableError, from_rpc_error
 from rnnstream.info import ModelInfo
 from rnnstream.v1 import rnnstream_pb2 as pb
@@ -21,6 +24,7 @@ DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_CHUNK_SIZE = 64
 MAX_BACKOFF_S = 5.0
+AUTHORIZATION_KEY = "authorization"
 
 
 def backoff_delay(backoff: float, attempt: int) -> float:
@@ -39,6 +43,50 @@ def find_n_features(models: Iterable[ModelInfo], name: str, version: str) -> int
     return widths.pop() if len(widths) == 1 else None
 
 
+def channel_credentials(
+    tls: bool,
+    root_certificates: bytes | None,
+    certificate_chain: bytes | None,
+    private_key: bytes | None,
+    credentials: grpc.ChannelCredentials | None,
+) -> grpc.ChannelCredentials | None:
+    """The channel's credentials: TLS when asked or when any PEM is given; None: plaintext.
+
+    ``root_certificates`` None trusts the system's roots; ``certificate_chain`` and
+    ``private_key`` (both or neither) are the client's certificate for mutual TLS.
+    ``credentials`` (grpc's own) stands alone: not with the PEM arguments.
+    """
+    pems = (root_certificates, certificate_chain, private_key)
+    if credentials is not None:
+        if any(pem is not None for pem in pems):
+            raise ValueError(
+                "pass either credentials or root_certificates/certificate_chain/private_key"
+            )
+        return credentials
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("certificate_chain and private_key go together: pass both or neither")
+    if not tls and all(pem is None for pem in pems):
+        return None
+    return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+
+
+def bearer_metadata(token: str | None) -> Metadata:
+    """The ``authorization: Bearer TOKEN`` metadata (none without a token).
+
+    ValueError for a token no gRPC header can carry; the message never repeats the token.
+    """
+    if token is None:
+        return ()
+    if (
+        not token
+        or not token.isascii()
+        or not token.isprintable()
+        or any(c.isspace() for c in token)
+    ):
+        raise ValueError("token must be non-empty printable ASCII without spaces")
+    return ((AUTHORIZATION_KEY, f"Bearer {token}"),)
+
+
 class ClientBase:
     """What ``Client`` and ``AsyncClient`` share without I/O.
 
@@ -54,6 +102,7 @@ class ClientBase:
         max_retries: int,
         backoff: float,
         resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
+        token: str | None = None,
     ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
@@ -64,8 +113,13 @@ class ClientBase:
         self.max_retries = max_retries
         self.backoff = backoff
         self.resend_buffer_steps = resend_buffer_steps
+        self._auth_metadata = bearer_metadata(token)
         self._models: dict[tuple[str, str], ModelInfo] = {}
         self._default_model = ""
+
+    def _metadata(self, extra: Metadata | None = None) -> Metadata:
+        """What a call or stream sends: the token (if any), then ``extra``."""
+        return self._auth_metadata + (extra or ())
 
     def _retry_delay(self, err: grpc.RpcError, failures: int, retry: bool) -> float:
         """Seconds to wait before retrying a unary call that failed after ``failures`` retries.

@@ -31,6 +31,7 @@ from rnnstream._client_base import (
     DEFAULT_TIMEOUT_S,
     ClientBase,
     backoff_delay,
+    channel_credentials,
 )
 from rnnstream._health import health_check_call, health_request, health_status
 from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS
@@ -245,7 +246,9 @@ class AsyncSession(SessionView):
     async def _connect(self) -> None:
         core = self._core
         resuming = core.opened
-        self._stream = stream = _AsyncStream(self._client._stub, routing_metadata(core.id))
+        self._stream = stream = _AsyncStream(
+            self._client._stub, self._client._metadata(routing_metadata(core.id))
+        )
         await stream.send(core.open_request(), self._client.timeout)
         if core.on_open_answer(await stream.recv(self._client.timeout)):
             info = await self._client.get_session(core.id)
@@ -311,9 +314,17 @@ class AsyncClient(ClientBase):
         max_retries: int = 5,
         backoff: float = 0.1,
         resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
     ) -> None:
-        super().__init__(address, timeout, max_retries, backoff, resend_buffer_steps)
+        super().__init__(address, timeout, max_retries, backoff, resend_buffer_steps, token)
         opts = list(options or [])
+        credentials = channel_credentials(
+            tls, root_certificates, certificate_chain, private_key, credentials
+        )
         self._channel = (
             grpc.aio.secure_channel(address, credentials, options=opts)
             if credentials is not None
@@ -331,7 +342,9 @@ class AsyncClient(ClientBase):
         failures = 0
         while True:
             try:
-                return await method(request, timeout=self.timeout, metadata=metadata)
+                return await method(
+                    request, timeout=self.timeout, metadata=self._metadata(metadata)
+                )
             except grpc.RpcError as err:
                 delay = self._retry_delay(err, failures, retry)
                 failures += 1

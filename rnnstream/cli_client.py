@@ -19,16 +19,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     import numpy as np
 
-    from rnnstream.client import Session
+    from rnnstream.client import Client, Session
     from rnnstream.info import ModelInfo
 
 ADDRESS_ENV = "RNNSTREAM_ADDRESS"
+TOKEN_ENV = "RNNSTREAM_TOKEN"
 FALLBACK_ADDRESS = "localhost:50051"
 
 MODELS_EPILOG = """examples:
   rnnstream models
   rnnstream models --address inference.internal:50051
   RNNSTREAM_ADDRESS=10.0.0.5:50051 rnnstream models
+  RNNSTREAM_TOKEN=... rnnstream models --address inference.internal:443 --tls-ca ca.pem
 """
 
 STREAM_EPILOG = """examples:
@@ -58,10 +60,54 @@ def default_address() -> str:
     return os.environ.get(ADDRESS_ENV) or FALLBACK_ADDRESS
 
 
+def _add_connection_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """--address, --token, --tls-ca and --timeout: where the server is and how to get in."""
+    parser.add_argument(
+        "--address",
+        default=None,
+        help=f"server HOST:PORT (default: ${ADDRESS_ENV}, else {FALLBACK_ADDRESS})",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token for a server with --auth-tokens (default: ${TOKEN_ENV}; the "
+        "variable keeps it out of the process list)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="connect over TLS, trusting the CA certificate(s) in FILE (PEM)",
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per call")
+
+
+def _connect(args: argparse.Namespace, address: str, max_retries: int) -> Client:
+    """A client for ``address`` with the token and TLS the arguments ask for."""
+    from rnnstream.client import Client
+
+    root_certificates = None
+    if args.tls_ca:
+        try:
+            with open(args.tls_ca, "rb") as pem:
+                root_certificates = pem.read()
+        except OSError as exc:
+            raise CliError(f"cannot read --tls-ca {args.tls_ca}: {exc.strerror}") from exc
+    try:
+        return Client(
+            address,
+            timeout=args.timeout,
+            max_retries=max_retries,
+            token=args.token or os.environ.get(TOKEN_ENV) or None,
+            tls=root_certificates is not None,
+            root_certificates=root_certificates,
+        )
+    except ValueError as exc:
+        raise CliError(f"--token / ${TOKEN_ENV}: {exc}") from exc
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``models`` and ``stream`` on the top-level subparsers."""
-    address_help = f"server HOST:PORT (default: ${ADDRESS_ENV}, else {FALLBACK_ADDRESS})"
-
     models = subparsers.add_parser(
         "models",
         help="list the models a server serves",
@@ -69,8 +115,7 @@ def add_parser(subparsers: Any) -> None:
         epilog=MODELS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    models.add_argument("--address", default=None, help=address_help)
-    models.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    _add_connection_arguments(models, timeout=10.0)
     models.set_defaults(func=run_models)
 
     stream = subparsers.add_parser(
@@ -94,7 +139,6 @@ def add_parser(subparsers: Any) -> None:
         metavar="C",
         help="input column, repeat in the model's feature order",
     )
-    stream.add_argument("--address", default=None, help=address_help)
     stream.add_argument("--out", default=None, metavar="FILE", help="write CSV here, not stdout")
     stream.add_argument("--chunk", type=int, default=64, metavar="N", help="steps per message")
     stream.add_argument(
@@ -102,7 +146,7 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="y only at the end of the file (default: the model's mode)",
     )
-    stream.add_argument("--timeout", type=float, default=30.0, help="seconds per answer")
+    _add_connection_arguments(stream, timeout=30.0)
     stream.add_argument(
         "--state-csv",
         default=None,
@@ -138,14 +182,15 @@ def _explain(error: Exception, address: str) -> str:
 
 def run_models(args: argparse.Namespace) -> int:
     """``rnnstream models``: a table of the server's models."""
-    from rnnstream.client import Client
     from rnnstream.errors import RnnstreamError
 
     address = args.address or default_address()
     try:
-        with Client(address, timeout=args.timeout, max_retries=1) as client:
+        with _connect(args, address, max_retries=1) as client:
             infos = client.models()
             default = client.default_model()
+    except CliError as exc:
+        return _fail(str(exc))
     except RnnstreamError as exc:
         return _fail(_explain(exc, address))
     header = ["NAME", "VERSION", "CELL", "F", "O", "S", "TASK", "MODE"]
@@ -267,7 +312,6 @@ def run_stream(args: argparse.Namespace) -> int:
     """``rnnstream stream``: a CSV's rows through one session, y_t out as CSV."""
     import numpy as np
 
-    from rnnstream.client import Client
     from rnnstream.errors import RnnstreamError
 
     address = args.address or default_address()
@@ -293,7 +337,7 @@ def run_stream(args: argparse.Namespace) -> int:
             header = [h.strip() for h in next(reader, [])]
             if not header:
                 raise CliError(f"{args.csv} is empty: expected a header row, then one row per step")
-            client = stack.enter_context(Client(address, timeout=args.timeout, max_retries=2))
+            client = stack.enter_context(_connect(args, address, max_retries=2))
             session = client.session(
                 args.model,
                 args.version,

@@ -32,6 +32,7 @@ from rnnstream._client_base import (
     DEFAULT_TIMEOUT_S,
     ClientBase,
     backoff_delay,
+    channel_credentials,
 )
 from rnnstream._health import health_check_call, health_request, health_status
 from rnnstream._resend import DEFAULT_RESEND_BUFFER_STEPS
@@ -246,7 +247,9 @@ class Session(SessionView):
         """Open a stream, send Open, take Opened; resolve an End that may have been lost."""
         core = self._core
         resuming = core.opened
-        self._stream = stream = _Stream(self._client._stub, routing_metadata(core.id))
+        self._stream = stream = _Stream(
+            self._client._stub, self._client._metadata(routing_metadata(core.id))
+        )
         stream.send(core.open_request())
         if core.on_open_answer(stream.recv(self._client.timeout)):
             core.resolve_end(self._client.get_session(core.id).sequence_steps)
@@ -298,12 +301,21 @@ class Client(ClientBase):
     tries. Each session keeps up to ``resend_buffer_steps`` acknowledged steps that the
     server's session store does not hold yet, to resend should the server crash.
 
+    ``token`` is sent with every call and stream as ``authorization: Bearer TOKEN`` (over
+    plaintext too: use TLS where the network is not trusted). ``tls=True`` (or any PEM
+    argument) connects over TLS: ``root_certificates`` the CA(s) to trust (None: the
+    system's), ``certificate_chain`` and ``private_key`` the client's certificate for a
+    server that asks for one (mutual TLS). Automatic resume reconnects the same way.
+
     Example::
 
         with rnnstream.Client("localhost:50051") as client:
             for info in client.models():
                 print(info.name, info.n_features, info.n_outputs)
             Y = client.predict(np.zeros((4, 24, 1)), model="seattle-temp")   # [4, 24, 1]
+
+        secure = rnnstream.Client("inference.internal:50051", token=os.environ["TOKEN"],
+                                  tls=True, root_certificates=open("ca.pem", "rb").read())
     """
 
     def __init__(
@@ -316,9 +328,17 @@ class Client(ClientBase):
         max_retries: int = 5,
         backoff: float = 0.1,
         resend_buffer_steps: int = DEFAULT_RESEND_BUFFER_STEPS,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
     ) -> None:
-        super().__init__(address, timeout, max_retries, backoff, resend_buffer_steps)
+        super().__init__(address, timeout, max_retries, backoff, resend_buffer_steps, token)
         opts = list(options or [])
+        credentials = channel_credentials(
+            tls, root_certificates, certificate_chain, private_key, credentials
+        )
         self._channel = (
             grpc.secure_channel(address, credentials, options=opts)
             if credentials is not None
@@ -337,7 +357,7 @@ class Client(ClientBase):
         failures = 0
         while True:
             try:
-                return method(request, timeout=self.timeout, metadata=metadata)
+                return method(request, timeout=self.timeout, metadata=self._metadata(metadata))
             except grpc.RpcError as err:
                 delay = self._retry_delay(err, failures, retry)
                 failures += 1

@@ -67,6 +67,12 @@ class UnavailableError(RnnstreamError):
     default_code = grpc.StatusCode.UNAVAILABLE
 
 
+class UnauthenticatedError(RnnstreamError):
+    """The server did not accept who the client is: no token, a malformed or unknown one."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class DataLossError(RnnstreamError):
     """Outputs the server computed were lost with a dropped connection and cannot be replayed.
 
@@ -106,6 +112,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RnnstreamError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DATA_LOSS: DataLossError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 

@@ -17,8 +17,11 @@ examples:
   rnnstream serve --models ./models --port 6000
   RNNSTREAM_PORT=6000 RNNSTREAM_LOG_FORMAT=json rnnstream serve
 
-Health: grpc.health.v1 (service "" and "rnnstream.v1.Predictor"); reflection is on, so
-`grpcurl -plaintext localhost:50051 list` shows the API. SIGTERM drains and exits 0.
+  rnnstream serve --tls-cert server.pem --tls-key server.key --auth-tokens tokens.txt
+
+Health: grpc.health.v1 (service "" and "rnnstream.v1.Predictor"), open without a token;
+reflection is on unless --no-reflection, so `grpcurl -plaintext localhost:50051 list`
+shows the API. SIGTERM drains and exits 0; SIGHUP re-reads the token and TLS files.
 """
 
 
@@ -36,13 +39,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     hints = get_type_hints(Settings)
     for f in dataclasses.fields(Settings):
         kind = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{Settings.help(f.name)} (env {ENV_PREFIX}{f.name.upper()})"
+        if kind is bool:  # --reflection / --no-reflection
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
             type=kind if kind in (int, float, Path) else str,
             default=None,
             metavar=f.name.upper(),
-            help=f"{Settings.help(f.name)} (env {ENV_PREFIX}{f.name.upper()})",
+            help=help_text,
         )
     parser.set_defaults(func=run)
 
@@ -54,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rnnstream.server import logs
     from rnnstream.server.repository import ModelLoadError
+    from rnnstream.server.secret_files import SecretFileError
     from rnnstream.server.server import Server
     from rnnstream.server.settings import Settings
     from rnnstream.server.store import StoreError
@@ -70,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
         return Supervisor(settings).run()
     try:
         return asyncio.run(Server(settings).serve())
-    except (ModelLoadError, OSError, StoreError) as exc:
+    except (ModelLoadError, OSError, StoreError, SecretFileError) as exc:
         logging.getLogger("rnnstream").error("%s", exc)
         return 1

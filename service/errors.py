@@ -47,3 +47,17 @@ class Unavailable(ServiceError):
     """The server is draining or otherwise cannot take the request now; retry elsewhere."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(ServiceError):
+    """The caller did not prove who it is: no token, a malformed or unknown one.
+
+    ``reason`` is a short label for metrics (``missing``, ``malformed``, ...); the message
+    says what to send, and never repeats what was sent.
+    """
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

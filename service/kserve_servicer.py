@@ -27,12 +27,13 @@ import rnnstream
 from rnnstream.kserve import grpc_service_pb2 as kpb
 from rnnstream.kserve import model_config_pb2 as mpb
 from rnnstream.server import kserve_mapping as mapping
+from rnnstream.server.auth import Authenticator
 from rnnstream.server.end_reasons import EndReason
 from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
 from rnnstream.server.repository import LoadedModel, ModelRepository
-from rnnstream.server.servicer import GRPC_EOF, _unary
+from rnnstream.server.servicer import GRPC_EOF, _unary, caller
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.settings import Settings
 
@@ -52,11 +53,14 @@ class KServeServicer:
         sessions: SessionManager,
         settings: Settings,
         metrics: Metrics,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        """``authenticator`` None: every caller is let in, as principal ""."""
         self.repository = repository
         self.sessions = sessions
         self.settings = settings
         self.metrics = metrics
+        self.authenticator = authenticator or Authenticator()
 
     async def ServerLive(  # noqa: N802 (gRPC method name)
         self, request: kpb.ServerLiveRequest, context: Context
@@ -70,20 +74,24 @@ class KServeServicer:
         """Ready until the server drains."""
         return kpb.ServerReadyResponse(ready=not self.sessions.draining)
 
+    @_unary
     async def ModelReady(  # noqa: N802
         self, request: kpb.ModelReadyRequest, context: Context
     ) -> kpb.ModelReadyResponse:
         """Whether the model (version) is served here and the server is not draining."""
+        caller(self.authenticator, self.metrics, context)
         try:
             self.repository.get(request.name, request.version)
         except NotFound:
             return kpb.ModelReadyResponse(ready=False)
         return kpb.ModelReadyResponse(ready=not self.sessions.draining)
 
+    @_unary
     async def ServerMetadata(  # noqa: N802
         self, request: kpb.ServerMetadataRequest, context: Context
     ) -> kpb.ServerMetadataResponse:
         """Name, version and the protocol extensions served."""
+        caller(self.authenticator, self.metrics, context)
         return kpb.ServerMetadataResponse(
             name="rnnstream", version=rnnstream.__version__, extensions=EXTENSIONS
         )
@@ -93,6 +101,7 @@ class KServeServicer:
         self, request: kpb.ModelMetadataRequest, context: Context
     ) -> kpb.ModelMetadataResponse:
         """The model's versions and tensors."""
+        caller(self.authenticator, self.metrics, context)
         manifest = self.repository.get(request.name, request.version).manifest
         versions = [
             m.manifest.version for m in self.repository.models() if m.manifest.name == manifest.name
@@ -104,6 +113,7 @@ class KServeServicer:
         self, request: kpb.ModelConfigRequest, context: Context
     ) -> kpb.ModelConfigResponse:
         """The model's configuration, as far as clients read it."""
+        caller(self.authenticator, self.metrics, context)
         model = self.repository.get(request.name, request.version)
         config: mpb.ModelConfig = mapping.model_config(model.manifest, self.settings.idle_ttl_s)
         return kpb.ModelConfigResponse(config=config)
@@ -113,7 +123,7 @@ class KServeServicer:
         self, request: kpb.ModelInferRequest, context: Context
     ) -> kpb.ModelInferResponse:
         """One request: whole sequences like Predict, or a sequence's next steps."""
-        return await self._infer(request)
+        return await self._infer(request, caller(self.authenticator, self.metrics, context))
 
     async def ModelStreamInfer(  # noqa: N802
         self, request_iterator: Any, context: Context
@@ -123,6 +133,11 @@ class KServeServicer:
         Requests of different sequences run concurrently (and batch together), so their
         responses may come back in another order; each carries its request's ``id``.
         """
+        try:
+            principal = caller(self.authenticator, self.metrics, context)
+        except ServiceError as exc:
+            self.metrics.error(exc.code)
+            await context.abort(exc.code, exc.message)
         writing = asyncio.Lock()
         last_of: dict[tuple[str, mapping.SequenceId], asyncio.Task[None]] = {}
         running: set[asyncio.Task[None]] = set()
@@ -133,7 +148,9 @@ class KServeServicer:
                     break
                 key = _ordering_key(request)
                 before = last_of.get(key) if key is not None else None
-                task = asyncio.create_task(self._answer(request, before, context, writing))
+                task = asyncio.create_task(
+                    self._answer(request, principal, before, context, writing)
+                )
                 running.add(task)
                 task.add_done_callback(running.discard)
                 if key is not None:
@@ -148,6 +165,7 @@ class KServeServicer:
     async def _answer(
         self,
         request: kpb.ModelInferRequest,
+        principal: str,
         before: asyncio.Task[None] | None,
         context: Context,
         writing: asyncio.Lock,
@@ -156,7 +174,9 @@ class KServeServicer:
         if before is not None:
             await asyncio.wait([before])
         try:
-            response = kpb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            response = kpb.ModelStreamInferResponse(
+                infer_response=await self._infer(request, principal)
+            )
         except ServiceError as exc:
             self.metrics.error(exc.code)
             response = kpb.ModelStreamInferResponse(
@@ -171,7 +191,9 @@ class KServeServicer:
             with contextlib.suppress(asyncio.InvalidStateError):  # the call already ended
                 await context.write(response)
 
-    async def _infer(self, request: kpb.ModelInferRequest) -> kpb.ModelInferResponse:
+    async def _infer(
+        self, request: kpb.ModelInferRequest, principal: str
+    ) -> kpb.ModelInferResponse:
         """Check everything, then run: a refused request changes no state."""
         control = mapping.sequence_control(request)
         model = self.repository.get(request.model_name, request.model_version)
@@ -188,7 +210,7 @@ class KServeServicer:
                 f"request of sequence {control.sequence_id!r} carries one: shape [T, "
                 f"{manifest.n_features}] or [1, T, {manifest.n_features}]"
             )
-        session = await self._session(model, request.model_version, control)
+        session = await self._session(model, request.model_version, control, principal)
         # This protocol has no step indices: each request's steps come next. Requests of
         # one sequence sent at once (from several connections) run one after the other.
         await self.sessions.settle(session)
@@ -200,7 +222,7 @@ class KServeServicer:
         return mapping.infer_response(request, manifest, y[None], inputs.batched)
 
     async def _session(
-        self, model: LoadedModel, version: str, control: mapping.SequenceControl
+        self, model: LoadedModel, version: str, control: mapping.SequenceControl, principal: str
     ) -> Session:
         """The sequence's session: created or resumed at its start, else looked up."""
         manifest = model.manifest
@@ -213,6 +235,7 @@ class KServeServicer:
                 None,
                 None,
                 create=control.start,
+                principal=principal,
             )
         except NotFound as exc:
             if control.start:

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rnnstream.server.auth import FAILURE_REASONS
+
 if TYPE_CHECKING:
     from rnnstream.server.sessions import SessionManager
 
@@ -98,7 +100,19 @@ class Metrics:
         self.errors = Counter(
             "rnnstream_errors", "Requests refused, by status code", ["code"], registry=self.registry
         )
+        self.auth_failures = Counter(
+            "rnnstream_auth_failures",
+            "Calls refused UNAUTHENTICATED, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in FAILURE_REASONS:  # every series from the start, at 0
+            self.auth_failures.labels(reason)
         self._server: WSGIServer | None = None
+
+    def auth_failure(self, reason: str) -> None:
+        """Count one call refused UNAUTHENTICATED (``reason``: one of ``FAILURE_REASONS``)."""
+        self.auth_failures.labels(reason).inc()
 
     def error(self, code: grpc.StatusCode) -> None:
         """Count one refused request."""

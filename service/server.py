@@ -2,8 +2,10 @@
 
 ``Server(settings)`` is one server over one model repository. ``await server.start()`` loads
 the models and serves Predictor, KServe v2, ``grpc.health.v1`` and server reflection on
-``settings.host:settings.port``; ``port`` and ``address`` say where (``--port 0`` picks a free
-port). ``await server.stop()`` drains: health turns NOT_SERVING, new work is refused, live
+``settings.host:settings.port`` (TLS only with ``--tls-cert``; callers authenticated as
+``rnnstream.server.auth`` says; ``reload()``, on SIGHUP, re-reads those files); ``port``
+and ``address`` say where (``--port 0`` picks a free port). ``await server.stop()``
+drains: health turns NOT_SERVING, new work is refused, live
 streams are told the server is draining, in-flight steps finish, the sessions are written to
 the state directory (with ``--store``: checkpointed to the store, their leases released),
 and the metrics endpoint and the engines are closed. ``await
@@ -41,6 +43,7 @@ from rnnstream.server.metrics import Metrics
 from rnnstream.server.moves import SessionMover
 from rnnstream.server.ownership import Ownership
 from rnnstream.server.repository import ModelRepository
+from rnnstream.server.security import Security, start_warnings
 from rnnstream.server.servicer import PredictorServicer
 from rnnstream.server.sessions import SessionManager
 from rnnstream.server.settings import Settings
@@ -53,6 +56,7 @@ PREDICTOR = pb.DESCRIPTOR.services_by_name["Predictor"]
 SERVICE_NAME = PREDICTOR.full_name
 REAPER_PERIOD_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP
 
 _T = TypeVar("_T")
 
@@ -78,6 +82,7 @@ class Server:
         self._repository: ModelRepository | None = None
         self._sessions: SessionManager | None = None
         self._metrics: Metrics | None = None
+        self._security: Security | None = None
 
     @property
     def port(self) -> int:
@@ -135,26 +140,43 @@ class Server:
         await self._undo.aclose()
         log.info("stopped")
 
+    def reload(self) -> bool:
+        """Re-read the token file and the TLS certificate and key (SIGHUP); whether all were valid.
+
+        Live streams go on; new calls see the new tokens, new connections the new
+        certificate. A file that is no longer valid is logged and the previous one stays.
+        """
+        return _started(self._security).reload()
+
     async def serve(self) -> int:
-        """Start, serve until SIGTERM or SIGINT, then drain; the process exit code (0)."""
+        """Start, serve until SIGTERM or SIGINT, then drain; the process exit code (0).
+
+        SIGHUP meanwhile re-reads the credentials (``reload``).
+        """
         await self.start()
         signalled = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, signalled.set)
+        loop.add_signal_handler(RELOAD_SIGNAL, self.reload)
         try:
             await signalled.wait()
             log.info("signal received: draining (grace %.1fs)", self.settings.grace_s)
         finally:
             # The handlers stay through the drain: a second signal does not cut it short.
             await self.stop()
-            for sig in STOP_SIGNALS:
+            for sig in (*STOP_SIGNALS, RELOAD_SIGNAL):
                 loop.remove_signal_handler(sig)
         return 0
 
     async def _start_steps(self) -> None:
         """Each step, then what undoes it: ``stop`` and a failed start run those in reverse."""
         settings = self.settings
+        # First: a token, certificate or key file that cannot be used stops the start here.
+        security = self._security = Security.from_settings(settings)
+        if not settings.worker:  # a supervisor warns once for all its workers
+            for warning in start_warnings(settings):
+                log.warning("%s", warning)
         repository = ModelRepository.load(settings)  # cleans up after itself when it fails
         self._repository = repository
         self._undo.push_async_callback(_off_loop, repository.close)
@@ -180,12 +202,18 @@ class Server:
             self._undo.callback(metrics.close)
 
         server = grpc.aio.server(options=grpc_options(settings))
-        add_predictor(PredictorServicer(repository, sessions, settings, metrics), server)
-        kserve_servicer.add_kserve(
-            kserve_servicer.KServeServicer(repository, sessions, settings, metrics), server
+        servicer = PredictorServicer(
+            repository, sessions, settings, metrics, security.authenticator
         )
-        health_servicer = add_health_and_reflection(server)
-        self._port = bind(server, settings)
+        add_predictor(servicer, server)
+        kserve_servicer.add_kserve(
+            kserve_servicer.KServeServicer(
+                repository, sessions, settings, metrics, security.authenticator
+            ),
+            server,
+        )
+        health_servicer = add_health_and_reflection(server, settings.reflection)
+        self._port = bind(server, settings, security)
         # A bound grpc server frees its port only once started and stopped: nothing that can
         # fail comes between the two.
         await server.start()
@@ -359,10 +387,15 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def bind(server: grpc.aio.Server, settings: Settings) -> int:
-    """Listen on ``settings.host:settings.port``; the port bound. OSError when it is taken."""
+def bind(server: grpc.aio.Server, settings: Settings, security: Security) -> int:
+    """Listen on ``settings.host:settings.port`` (TLS only, with a certificate); the port bound.
+
+    OSError when it is taken.
+    """
     address = f"{settings.host}:{settings.port}"
     try:
+        if security.tls is not None:
+            return server.add_secure_port(address, security.tls.credentials())
         return server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(
@@ -385,13 +418,16 @@ def serve_metrics(metrics: Metrics, settings: Settings) -> None:
         ) from exc
 
 
-def add_health_and_reflection(server: grpc.aio.Server) -> Any:
-    """Register ``grpc.health.v1`` (NOT_SERVING until set) and server reflection.
+def add_health_and_reflection(server: grpc.aio.Server, with_reflection: bool = True) -> Any:
+    """Register ``grpc.health.v1`` (NOT_SERVING until set) and, if asked, server reflection.
 
+    Health asks no token: load balancers and orchestrators check it as they are.
     Returns the health servicer (``grpc_health.v1.health.aio.HealthServicer``, untyped).
     """
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if not with_reflection:
+        return health_servicer
     reflection.enable_server_reflection(
         [
             SERVICE_NAME,

@@ -20,8 +20,15 @@ from typing import Any, TypeVar
 import grpc
 
 from rnnstream.server import codec
+from rnnstream.server.auth import Authenticator
 from rnnstream.server.end_reasons import EndReason
-from rnnstream.server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from rnnstream.server.errors import (
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.predict import predict
 from rnnstream.server.repository import ModelRepository
@@ -84,6 +91,19 @@ async def _write(
         raise _EndedWhileWriting
 
 
+def caller(
+    authenticator: Authenticator, metrics: Metrics, context: grpc.aio.ServicerContext[Any, Any]
+) -> str:
+    """The calling principal ("" when unauthenticated); Unauthenticated, counted, if refused."""
+    if not authenticator.enabled:
+        return ""  # nothing to check: the call's metadata is not even read
+    try:
+        return authenticator.principal(context.invocation_metadata(), context.auth_context())
+    except Unauthenticated as exc:
+        metrics.auth_failure(exc.reason)
+        raise
+
+
 class PredictorServicer(pb_grpc.PredictorServicer):
     """rnnstream.v1.Predictor over a model repository and a session manager.
 
@@ -97,25 +117,30 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         sessions: SessionManager,
         settings: Settings,
         metrics: Metrics,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        """``authenticator`` None: every caller is let in, as principal ""."""
         self.repository = repository
         self.sessions = sessions
         self.settings = settings
         self.metrics = metrics
+        self.authenticator = authenticator or Authenticator()
         self._model_infos = {
             model.key: codec.model_info(model.manifest, model.graph)
             for model in repository.models()
         }
 
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        """Who is calling: the principal its sessions belong to ("" without authentication)."""
-        return ""
+        """Who is calling ("" when unauthenticated); Unauthenticated, counted, if refused."""
+        return caller(self.authenticator, self.metrics, context)
 
     @_unary
     async def ListModels(  # noqa: N802 (gRPC method name)
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         """Every served model version."""
+        principal = self._principal(context)
+        del principal  # models are everyone's
         return pb.ListModelsResponse(
             models=list(self._model_infos.values()), default_model=self.repository.default_name
         )
@@ -125,6 +150,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PredictResponse:
         """Whole sequences from the initial state; no session."""
+        principal = self._principal(context)
+        del principal  # no session to own
         if self.sessions.draining:
             raise Unavailable("the server is draining: send Predict to another server")
         model = self.repository.get(request.model, request.version)
@@ -179,6 +206,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         handle = StreamHandle(asyncio.current_task(), self.settings.write_grace_s)
         session: Session | None = None
         try:
+            principal = self._principal(context)
             open_ = await self._read_open(context)
             if open_ is None:
                 return
@@ -190,7 +218,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 open_.return_state if open_.HasField("return_state") else None,
                 open_.idle_ttl_s,
                 create=open_.create,
-                principal=self._principal(context),
+                principal=principal,
             )
             # From here on the finally clause detaches, however the stream ends.
             self.sessions.attach(session, handle)

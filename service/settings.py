@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "RNNSTREAM_"
+#: The shortest token ``--auth-tokens`` accepts.
+MIN_TOKEN_CHARS = 16
+#: How a yes/no setting may be written in its variable.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def bundled_models_dir() -> Path:
@@ -165,6 +170,41 @@ class Settings:
             "shares the port with the others (SO_REUSEPORT); 0: a server of its own"
         },
     )
+    tls_cert: str = field(
+        default="",
+        metadata={
+            "help": "certificate chain (PEM) of the port: it speaks TLS only (with --tls-key); "
+            "re-read on SIGHUP",
+            "empty_means_none": True,
+        },
+    )
+    tls_key: str = field(
+        default="",
+        metadata={
+            "help": "private key (PEM) of --tls-cert; keep it mode 600; re-read on SIGHUP",
+            "empty_means_none": True,
+        },
+    )
+    tls_client_ca: str = field(
+        default="",
+        metadata={
+            "help": "CA certificates (PEM): clients must present a certificate signed by one "
+            "(mutual TLS); its subject common name (CN) is the caller's principal",
+            "empty_means_none": True,
+        },
+    )
+    auth_tokens: str = field(
+        default="",
+        metadata={
+            "help": "file of PRINCIPAL TOKEN lines: calls must send 'authorization: Bearer "
+            f"TOKEN' (tokens of {MIN_TOKEN_CHARS}+ characters); re-read on SIGHUP",
+            "empty_means_none": True,
+        },
+    )
+    reflection: bool = field(
+        default=True,
+        metadata={"help": "serve gRPC server reflection (--no-reflection: off)"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
 
@@ -207,6 +247,10 @@ class Settings:
         for name in ("max_sessions_per_principal", "max_streams_per_principal"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 (unlimited) or more")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("tls_cert and tls_key go together: pass both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append("tls_client_ca needs TLS: pass tls_cert and tls_key too")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
@@ -255,8 +299,20 @@ def _parse(cls: type[Settings], name: str, raw: str) -> Any:
             return int(raw)
         if kind is float:
             return float(raw)
+        if kind is bool:
+            return parse_bool(raw)
         return raw
     except ValueError as exc:
         raise ValueError(
             f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
         ) from exc
+
+
+def parse_bool(raw: str) -> bool:
+    """A yes/no variable: 1, true, yes, on or 0, false, no, off (any case)."""
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"{raw!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")

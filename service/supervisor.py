@@ -14,6 +14,7 @@ supervisor itself serves nothing on the gRPC port. It:
   serves its own on a private loopback port, and a scrape of the supervisor gathers them
   with a ``worker`` label, plus the supervisor's own ``rnnstream_workers`` and
   ``rnnstream_worker_restarts_total``;
+- forwards SIGHUP to every worker, so each re-reads its token and TLS files;
 - on SIGTERM or SIGINT tells every worker to drain (each drains exactly as a single
   process does) and exits 0 when all of them did.
 
@@ -48,6 +49,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from rnnstream.server.secret_files import SecretFileError
+from rnnstream.server.security import Security, start_warnings
 from rnnstream.server.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -135,6 +138,7 @@ class Supervisor:
         """Serve until SIGTERM or SIGINT, then drain every worker; the process exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.forward(signal.SIGHUP))
         failed = False
         try:
             self.start()
@@ -142,7 +146,7 @@ class Supervisor:
                 self.check()
                 self._stopping.wait(POLL_S)
             log.info("signal received: draining %d workers", self.count)
-        except WorkersFailed as exc:
+        except (WorkersFailed, SecretFileError) as exc:
             log.error("%s", exc)
             failed = True
         finally:
@@ -151,6 +155,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Pick the port (``--port 0``: a free one, the same for every worker), start workers."""
+        Security.from_settings(self.settings)  # a bad token or TLS file: stop before workers
+        for warning in start_warnings(self.settings):
+            log.warning("%s", warning)
         self.worker_settings = self._with_store(self.settings)
         if self.port == 0:
             self._port_holder = _reserve_port(self.settings.host)
@@ -168,6 +175,12 @@ class Supervisor:
             self.port,
             ", ".join(str(w.process.pid) for w in self.workers if w.process),
         )
+
+    def forward(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every running worker (SIGHUP: each re-reads its credentials)."""
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(sig)
 
     def _with_store(self, settings: Settings) -> Settings:
         """The workers' settings: a session store, so a session moves to any worker.
