@@ -1,7 +1,7 @@
 """Load-generator adapter for Triton: one sequence per bidi ``ModelStreamInfer`` stream.
 
 The driver is ``bench.kserve.KServeDriver`` (one Triton sequence per stream, ``x [1, k, F]``
-in and ``y [1, k, O]`` out as raw FP32), with the messages setup.sh generated.
+in and ``y [1, k, O]`` out as raw FP32), with the messages of ``rnnstream.kserve``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class TritonProtocol(PeerProtocol):
     """Triton's KServe-v2 streaming API with the sequence batcher's parameters."""
 
     name = "triton"
-    stubs_module = "triton_subset_pb2"
+    # rnnstream.kserve holds the same messages (Triton's own proto): one set per process.
+    stubs_module = "rnnstream.kserve.grpc_service_pb2"
 
     def manifest_path(self) -> Path:
         """The manifest serve.py copied into Triton's repository."""
