@@ -145,7 +145,11 @@ class Session(SessionView):
         self._closed = False
         self.reconnects = 0
         self.states: np.ndarray | None = None
-        self._run(lambda: self._core.opened)
+        try:
+            self._run(lambda: self._core.opened)
+        except BaseException:
+            self._discard_stream()  # a refused Open leaves no stream (nor its threads) behind
+            raise
 
     # -- public ---------------------------------------------------------------------------
 

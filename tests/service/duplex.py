@@ -22,8 +22,17 @@ class Duplex:
         self.call = stub.Stream(self._iterate(), timeout=timeout)
 
     def _iterate(self) -> Iterator[pb.StreamRequest]:
+        # Waking now and then: a call that ended (its server stopped, the test moved on
+        # without closing it) lets its sending thread go, rather than leave grpc objects
+        # of a finished test to be collected under a blocked thread.
         while True:
-            item = self._requests.get()
+            try:
+                item = self._requests.get(timeout=0.2)
+            except queue.Empty:
+                call = getattr(self, "call", None)
+                if call is not None and call.done():
+                    return
+                continue
             if item is _CLOSE:
                 return
             assert isinstance(item, pb.StreamRequest)
