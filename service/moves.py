@@ -105,8 +105,7 @@ class SessionMover:
                     if stored is not None:
                         return self._restore(stored)
                     if not create:
-                        self.ownership.forget(session_id)
-                        await self.ownership.release(lease)
+                        await self.ownership.give_up(lease)
                         return None
                     session = self.sessions.create(
                         model,
@@ -120,8 +119,7 @@ class SessionMover:
                     await self._created(session, lease)
                     return session
                 except BaseException:
-                    self.ownership.forget(session_id)
-                    await self.ownership.release(lease)
+                    await self.ownership.give_up(lease)
                     raise
         finally:
             if not lock.locked():
@@ -154,8 +152,7 @@ class SessionMover:
             )
             await self._created(session, lease)
         except BaseException:
-            self.ownership.forget(session_id)
-            await self.ownership.release(lease)
+            await self.ownership.give_up(lease)
             raise
         return session
 

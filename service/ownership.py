@@ -210,6 +210,11 @@ class Ownership:
         current = self._leases.get(lease.session_id)
         return current is not None and current.token == lease.token
 
+    async def give_up(self, lease: Lease) -> None:
+        """Stop holding ``lease`` here (no step applies) and release it in the store."""
+        self.forget(lease.session_id)
+        await self.release(lease)
+
     async def release(self, lease: Lease) -> None:
         """Give a lease up in the store (best effort: an unreleased lease expires)."""
         try:
