@@ -14,9 +14,11 @@
   "the session moved to another server process"), its step in flight finishes, and one
   store call writes its entry and gives its lease to the asking process, which is told
   (with the entry); it is forgotten here (not counted as ended).
-- ``checkpoint``: sessions changed since their last checkpoint (or all of them, at
-  drain) in one ``checkpoint_many``; the records are taken on the event loop, so each is
-  consistent with its ``next_step``. A written session's ``durable_step`` moves on.
+- ``checkpoint``: sessions changed since their last checkpoint (the manager keeps them
+  apart: the cost follows what changed, not what is held), or all of them at drain, in
+  ``checkpoint_many`` calls of a chunk each; a chunk's records are taken on the event
+  loop just before its call, so each is consistent with its ``next_step``, and steps run
+  between chunks. A written session's ``durable_step`` moves on.
 
 Ownership travels with the entry: it names the session's principal. A session of a
 principal (an authenticated server) is written to the store as soon as it is created, so
@@ -58,6 +60,10 @@ log = logging.getLogger(__name__)
 
 # After the store could not be reached, wait this long before listening again.
 RETRY_S = 0.25
+# Sessions per checkpoint store call: their records, encoding and reply hold the event
+# loop for a few milliseconds, then steps run again (a drain of 100k sessions no longer
+# holds it for seconds).
+CHECKPOINT_CHUNK = 256
 
 
 class SessionMover:
@@ -267,24 +273,35 @@ class SessionMover:
         )
 
     async def checkpoint(self, everything: bool = False) -> int:
-        """Write changed sessions (``everything``: all) under their leases; how many."""
+        """Write changed sessions (``everything``: all) under their leases; how many.
+
+        A chunk at a time: each chunk's records are taken just before its store call, so
+        the event loop serves steps between chunks, however many sessions there are.
+        Sessions whose write did not happen (the store unreachable) count as changed again.
+        """
+        changed = self.sessions.take_changed()
+        todo = list(self.sessions) if everything else changed
+        written = 0
+        for start in range(0, len(todo), CHECKPOINT_CHUNK):
+            try:
+                written += await self._checkpoint_chunk(todo[start : start + CHECKPOINT_CHUNK])
+            except StoreUnavailable as exc:
+                self.sessions.mark_changed(todo[start:])
+                log.warning("checkpoint of %d sessions failed: %s", len(todo) - start, exc)
+                break
+        return written
+
+    async def _checkpoint_chunk(self, chunk: list[Session]) -> int:
+        """Write the sessions of ``chunk`` still held here; how many were written."""
         writes = []
         now = self.sessions.clock()
-        for session in self.sessions:
+        for session in chunk:
             lease = self.ownership.lease(session.id)
-            if lease is None or not (everything or session.dirty):
-                continue
-            writes.append((session, lease, session_snapshot.stored(session, now)))
-            session.dirty = False
+            if lease is not None and session.ended is None:
+                writes.append((session, lease, session_snapshot.stored(session, now)))
         if not writes:
             return 0
-        try:
-            lost = await self.store.checkpoint_many([(lease, st) for _, lease, st in writes])
-        except StoreUnavailable as exc:
-            for session, _, _ in writes:
-                session.dirty = True
-            log.warning("checkpoint of %d sessions failed: %s", len(writes), exc)
-            return 0
+        lost = await self.store.checkpoint_many([(lease, st) for _, lease, st in writes])
         lost_ids = {lease.session_id for lease in lost}
         for session, _, st in writes:
             if session.id in lost_ids:

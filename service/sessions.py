@@ -37,7 +37,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,6 @@ class Session:
 
     __slots__ = (
         "created",
-        "dirty",
         "durable_step",
         "durable_told",
         "ended",
@@ -145,11 +144,9 @@ class Session:
         self.ended: EndReason | None = None
         self.replay = ReplayCache()
         # With a session store: the step its last checkpoint holds the session at (None
-        # without a store), the value its client was last told, and whether anything
-        # changed since that checkpoint.
+        # without a store) and the value its client was last told.
         self.durable_step: int | None = None
         self.durable_told: int | None = None
-        self.dirty = False
 
     def durable_news(self) -> int | None:
         """``durable_step`` if it moved since the client was last told (now told), else None."""
@@ -225,6 +222,9 @@ class SessionManager:
         self.refused: dict[str, str] = {}
         self._refused_principals: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Sessions changed since they were last taken for a checkpoint (with a store): kept
+        # apart so that a checkpoint costs what changed, not every session held.
+        self._changed: dict[str, Session] = {}
 
     def __len__(self) -> int:
         """How many sessions are held."""
@@ -233,6 +233,18 @@ class SessionManager:
     def __iter__(self) -> Iterator[Session]:
         """Every session (a copy of the list), each model's least recently active first."""
         return iter([s for sessions in self._by_model.values() for s in sessions.values()])
+
+    def take_changed(self) -> list[Session]:
+        """The sessions changed since the last call, in the order they first changed."""
+        changed = list(self._changed.values())
+        self._changed.clear()
+        return changed
+
+    def mark_changed(self, sessions: Iterable[Session]) -> None:
+        """Count ``sessions`` as changed again (a checkpoint of them did not happen)."""
+        for session in sessions:
+            if session.ended is None:
+                self._changed.setdefault(session.id, session)
 
     def find(self, session_id: str) -> Session | None:
         """The session with this id, if any (one lookup per served model version)."""
@@ -423,6 +435,7 @@ class SessionManager:
     def _untrack(self, session: Session) -> None:
         """Stop tracking an ended or moved session (not ``ended`` yet: it was tracked)."""
         self._by_model.get(session.model.key, {}).pop(session.id, None)
+        self._changed.pop(session.id, None)
         _decrement(self._sessions_of, session.principal)
 
     def _check_ttl(self, idle_ttl_s: float) -> float:
@@ -577,7 +590,7 @@ class SessionManager:
             session.sequence_steps += n
             states = result.states[0] if result.states is not None else None
             session.replay.remember(session.next_step, y, states, self.settings.replay_steps)
-            session.dirty = True
+            self._changed[session.id] = session
             self._touch(session)
         if session.ended is not None:
             self._release_row(session)
@@ -597,7 +610,7 @@ class SessionManager:
             next_step=session.next_step,
         )
         session.sequence_steps = 0
-        session.dirty = True
+        self._changed[session.id] = session
         if reset:
             session.model.table.reset(session.row)
         self._touch(session)

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "rnnstream:"
 INBOX = PREFIX + "inbox:"
+# Connections to Redis per process: enough for the store calls of many Opens at once;
+# more calls than this wait for a free connection.
+MAX_CONNECTIONS = 64
 # How often a blocked pub/sub read wakes up (to notice a cancelled listener promptly).
 _POLL_S = 1.0
 
@@ -59,12 +62,17 @@ class RedisStore(SessionStore):
         self._where = redacted(url)
         # One retry, at once: a pooled connection that died with a restarted Redis is
         # replaced transparently; a Redis that is down fails after one connect timeout.
-        self._redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        # A call that finds every connection busy waits for one (up to ``timeout_s``)
+        # rather than failing: a burst of Opens or a drain's releases queue, not error.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout_s,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1),
         )
+        self._redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
         register = self._redis.register_script
         self._acquire = register(redis_scripts.ACQUIRE)
         self._renew_many = register(redis_scripts.RENEW_MANY)

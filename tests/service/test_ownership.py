@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rnnstream.server import moves
 from rnnstream.server.errors import Unavailable
 from rnnstream.server.moves import SessionMover
 from rnnstream.server.ownership import Ownership
 from rnnstream.server.repository import ModelRepository
 from rnnstream.server.sessions import SessionManager
 from rnnstream.server.settings import Settings
-from rnnstream.server.store import Lease
+from rnnstream.server.store import Lease, StoreUnavailable
 from rnnstream.server.store.local_store import LocalStore
 from tests.conftest import free_port
 
@@ -89,6 +90,103 @@ def test_ending_a_session_deletes_its_store_entry(tiny_models: Path, tmp_path: P
             assert sessions.delete(SID)
             await sessions.settle_all()
             assert await store.load(SID) is None
+        finally:
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+def test_a_checkpoint_writes_what_changed_since_the_last_one(tiny_models: Path, tmp_path: Path):
+    async def drive() -> None:
+        sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=30.0)
+        try:
+            ids = [f"{SID}-{i:02d}" for i in range(5)]
+            opened = [await sessions.open("tiny", "", i, None, None, create=True) for i in ids]
+            mover = sessions.mover
+            assert mover is not None
+            assert await mover.checkpoint() == 0  # opened, never stepped: nothing to write
+            for session in opened[:3]:
+                await sessions.steps(session, 0, np.ones((2, 2), np.float32))
+            assert await mover.checkpoint() == 3
+            assert await mover.checkpoint() == 0  # written: unchanged since
+            await sessions.steps(opened[1], 2, np.ones((1, 2), np.float32))
+            assert await mover.checkpoint() == 1 and opened[1].durable_step == 3
+            assert sessions.delete(ids[2])  # a changed session that ended is not written
+            await sessions.steps(opened[0], 2, np.ones((1, 2), np.float32))
+            await sessions.settle_all()
+            assert await mover.checkpoint() == 1
+            assert await mover.checkpoint(everything=True) == 4
+        finally:
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+def test_a_checkpoint_the_store_refused_is_written_by_the_next(
+    tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    async def drive() -> None:
+        sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=30.0)
+        try:
+            session = await sessions.open("tiny", "", SID, None, None, create=True)
+            await sessions.steps(session, 0, np.ones((2, 2), np.float32))
+            assert sessions.mover is not None and sessions.ownership is not None
+            store = sessions.ownership.store
+            before = session.durable_step
+
+            async def unreachable(*args: object) -> list[Lease]:
+                raise StoreUnavailable("session store: down for the test")
+
+            with monkeypatch.context() as patched:
+                patched.setattr(store, "checkpoint_many", unreachable)
+                assert await sessions.mover.checkpoint() == 0
+            assert session.durable_step == before != 2
+            assert await sessions.mover.checkpoint() == 1 and session.durable_step == 2
+        finally:
+            sessions.repository.close()
+            assert sessions.ownership is not None
+            await sessions.ownership.store.close()
+
+    asyncio.run(drive())
+
+
+def test_a_large_checkpoint_lets_other_work_run_between_its_chunks(
+    tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(moves, "CHECKPOINT_CHUNK", 4)
+
+    async def drive() -> None:
+        sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=30.0)
+        try:
+            for i in range(10):
+                await sessions.open("tiny", "", f"{SID}-{i:02d}", None, None, create=True)
+            assert sessions.mover is not None and sessions.ownership is not None
+            store = sessions.ownership.store
+            calls: list[int] = []
+            ticks = 0
+            checkpoint_many = store.checkpoint_many
+
+            async def counted(writes: list[tuple[Lease, object]]) -> list[Lease]:
+                calls.append(ticks)
+                return await checkpoint_many(writes)  # type: ignore[arg-type]
+
+            async def ticking() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            monkeypatch.setattr(store, "checkpoint_many", counted)
+            ticker = asyncio.create_task(ticking())
+            await asyncio.sleep(0)
+            assert await sessions.mover.checkpoint(everything=True) == 10
+            ticker.cancel()
+            assert len(calls) == 3  # chunks of 4, 4 and 2
+            assert calls[0] < calls[1] < calls[2]  # the other task ran between chunks
         finally:
             sessions.repository.close()
             assert sessions.ownership is not None
