@@ -33,8 +33,9 @@ first, and the store traffic is as before. A principal at --max-sessions-per-pri
 here is refused before anything moves.
 
 ``run`` is the background work of a process with a store: its inbox (hand-over requests
-to serve, grants and releases for ``Ownership``), lease renewal every third of the TTL (a
-lease found lost drops its session), and checkpoints every ``--snapshot-interval-s``.
+to serve, grants and releases for ``Ownership``), the heartbeat that keeps the process and
+so all its leases alive, every third of the TTL (a lease found lost drops its session),
+and checkpoints every ``--snapshot-interval-s``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import logging
 
 from rnnstream.server import session_snapshot
 from rnnstream.server.errors import NotFound, Unavailable
-from rnnstream.server.ownership import Ownership, unreachable
+from rnnstream.server.ownership import RECORD_TTL_S, Ownership, unreachable
 from rnnstream.server.session_ids import new_session_id
 from rnnstream.server.sessions import Session, SessionManager
 from rnnstream.server.store import (
@@ -73,6 +74,7 @@ class SessionMover:
         self.sessions = sessions
         self.ownership = ownership
         self.store = ownership.store
+        ownership.on_lost = self._moved_away
         # One arrival per session id at a time: a second Open waits for the first.
         self._arrivals: dict[str, asyncio.Lock] = {}
         # Set while the inbox is being read (grants to this process arrive there).
@@ -259,7 +261,7 @@ class SessionMover:
         await self.sessions.settle(session)
         stored = session_snapshot.stored(session, self.sessions.clock())
         try:
-            await self.store.hand_over(lease, stored, request.to_owner, self.ownership.ttl_s)
+            await self.store.hand_over(lease, stored, request.to_owner, RECORD_TTL_S)
         except StoreUnavailable as exc:
             log.warning("hand-over of session %s undone: %s", session_id, exc)
             self.ownership.keep_unconfirmed(lease)
@@ -320,7 +322,7 @@ class SessionMover:
         """The background work (hand-overs, renewal, checkpoints) until cancelled."""
         tasks = [
             asyncio.create_task(self._serve_inbox(), name="inbox"),
-            asyncio.create_task(self._renew(), name="lease-renewal"),
+            asyncio.create_task(self._keep_alive(), name="heartbeat"),
         ]
         if checkpoint_interval_s > 0:
             tasks.append(
@@ -352,21 +354,22 @@ class SessionMover:
                 log.warning("not listening to the inbox: %s", exc)
                 await asyncio.sleep(RETRY_S)
 
-    async def _renew(self) -> None:
-        """Renew every lease every third of the TTL; drop the sessions of lost ones."""
+    async def _keep_alive(self) -> None:
+        """Keep this process (and so every lease it holds) alive: a beat every third of the TTL."""
         while True:
-            await asyncio.sleep(self.ownership.ttl_s / 3)
             try:
-                lost = await self.ownership.renew_all()
+                await self.ownership.keep_alive()
             except StoreUnavailable as exc:
-                log.warning("lease renewal failed: %s", exc)
-                continue
-            for session_id in lost:
-                session = self.sessions.find(session_id)
-                if session is not None:
-                    self.sessions.forget(session)
-            if lost:
-                log.warning("%d leases lost: their sessions moved away", len(lost))
+                log.warning("heartbeat to the session store failed: %s", exc)
+            await asyncio.sleep(self.ownership.ttl_s / 3)
+
+    def _moved_away(self, session_ids: list[str]) -> None:
+        """Drop the sessions whose leases were found lost: another process took them."""
+        for session_id in session_ids:
+            session = self.sessions.find(session_id)
+            if session is not None:
+                self.sessions.forget(session)
+        log.warning("%d leases lost: their sessions moved away", len(session_ids))
 
     async def _checkpoints(self, interval_s: float) -> None:
         """Checkpoint changed sessions every ``interval_s``."""

@@ -1,17 +1,23 @@
-"""Leases on the sessions a process holds: taking, fencing, renewing, giving them up.
+"""Leases on the sessions a process holds: taking, fencing, keeping, giving them up.
 
 With a session store every session a process holds has a lease (owner id
 ``host:pid:random``). ``take`` gets one: at once when nobody holds the session, else by
 asking the live owner in the same store call and waiting for what the process's inbox
 delivers (``deliver``): a grant (the owner wrote the entry and gave the lease in one step,
 so the new owner needs no further store call), or a release (acquire again), bounded by
-the holder's lease: a lease that is neither handed over nor released expires.
+the holder's liveness: a holder that neither hands over nor releases lapses.
 
-Each lease has a local deadline: the monotonic time from *before* the acquire or renew
-was sent, plus the TTL (a grant's, when shorter), minus a margin. Past it this process
-may no longer own the session, so ``fresh`` is False and the caller must ``renew_one``
-before applying a step; a lease found lost means the session moved. Stepping only on a
-fresh lease is the fencing: a process paused past its TTL never applies another step.
+A lease lives as long as its owner process does, and the process stays alive with one
+store call however many sessions it holds (``keep_alive``, every third of the TTL): at
+100,000 sessions, renewing each lease every few seconds would cost most of a core. The
+process has one local deadline: the monotonic time from *before* its last heartbeat was
+sent, plus the TTL, minus a margin. Past it the process may have lapsed, so no lease is
+``fresh`` and the caller must ``confirm`` before applying a step. A heartbeat that finds
+the process had lapsed checks every lease (``renew_all``) before any is fresh again: those
+another process took meanwhile are lost, and ``on_lost`` is told. Stepping only on a fresh
+lease is the fencing: a process paused past its TTL never applies another step to a
+session that moved. The lease records are checked and kept longer every third of
+``RECORD_TTL_S`` too, so that a dead process's records do not stay forever.
 
 Pure bookkeeping over the store: no sessions here (``SessionManager`` decides what a lost
 or handed-over lease means for its session).
@@ -41,11 +47,14 @@ from rnnstream.server.store import (
 
 log = logging.getLogger(__name__)
 
-# Of the TTL: a lease counts as expired locally this much before the store's deadline.
+# Of the TTL: the process counts as lapsed locally this much before the store's deadline.
 FENCE_MARGIN = 0.2
+# How long a lease record stays unless checked again: it bounds how long the records of a
+# process that died stay in the store (its leases end with it at once: this is not fencing).
+RECORD_TTL_S = 3600.0
 # Hand-over rounds before a move is refused: each waits at most one lease TTL.
 TAKE_ROUNDS = 3
-# Past the holder's lease deadline, wait this much longer for its expiry to show.
+# Past the holder's deadline, wait this much longer for its lapse to show.
 EXPIRY_SLACK_S = 0.05
 
 # What a stream of a session that moved away is told: ended, and refused.
@@ -72,7 +81,7 @@ def unreachable(exc: StoreUnavailable) -> Unavailable:
 
 
 class Ownership:
-    """The leases this process holds, with their local deadlines; see the module docstring."""
+    """The leases this process holds and its liveness; see the module docstring."""
 
     def __init__(
         self,
@@ -85,8 +94,15 @@ class Ownership:
         self.ttl_s = ttl_s
         self.owner = owner or new_owner_id()
         self.clock = clock
+        # Told the ids of sessions whose leases were found lost (they moved away).
+        self.on_lost: Callable[[list[str]], None] | None = None
         self._leases: dict[str, Lease] = {}
-        self._deadlines: dict[str, float] = {}
+        # Leases held again after a hand-over that may or may not have happened: each is
+        # checked before its next step.
+        self._unconfirmed: set[str] = set()
+        self._deadline = float("-inf")
+        self._next_records_check = float("-inf")
+        self._beating = asyncio.Lock()
         # Sessions asked for, each with the future its grant or release resolves.
         self._waiting: dict[str, asyncio.Future[HandoverGrant | Released]] = {}
 
@@ -98,25 +114,60 @@ class Ownership:
         """The lease held on the session, if any."""
         return self._leases.get(session_id)
 
+    def alive(self) -> bool:
+        """Whether this process is surely still alive in the store (its leases live)."""
+        return self.clock() < self._deadline
+
     def fresh(self, session_id: str) -> bool:
         """Whether the session's lease is held and surely still live (a step may apply)."""
-        deadline = self._deadlines.get(session_id)
-        return deadline is not None and self.clock() < deadline
+        return (
+            session_id in self._leases
+            and session_id not in self._unconfirmed
+            and self.clock() < self._deadline
+        )
 
-    def _keep(self, lease: Lease, sent: float, ttl_s: float | None = None) -> None:
+    def _keep(self, lease: Lease) -> None:
         self._leases[lease.session_id] = lease
-        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
-        self._deadlines[lease.session_id] = sent + ttl * (1 - FENCE_MARGIN)
+        self._unconfirmed.discard(lease.session_id)
 
     def keep_unconfirmed(self, lease: Lease) -> None:
-        """Hold ``lease`` again, not fresh: the next step renews it first (a hand-over undone)."""
+        """Hold ``lease`` again, not fresh: the next step checks it first (a hand-over undone)."""
         self._leases[lease.session_id] = lease
-        self._deadlines[lease.session_id] = float("-inf")
+        self._unconfirmed.add(lease.session_id)
 
     def forget(self, session_id: str) -> Lease | None:
         """Stop counting the session as held here (no step applies from now); its lease."""
-        self._deadlines.pop(session_id, None)
+        self._unconfirmed.discard(session_id)
         return self._leases.pop(session_id, None)
+
+    async def keep_alive(self) -> list[str]:
+        """Beat once; check every lease after a lapse or when the records are due.
+
+        Returns the ids of the sessions whose leases were lost (``on_lost`` is told too).
+        Raises StoreUnavailable when the store cannot be reached.
+        """
+        async with self._beating:
+            return await self._beat()
+
+    async def _beat(self) -> list[str]:
+        sent = self.clock()
+        continuous = await self.store.heartbeat(self.owner, self.ttl_s)
+        lost: list[str] = []
+        if not continuous or sent >= self._next_records_check:
+            if not continuous and self._leases:
+                log.warning("this process lapsed in the session store: checking its leases")
+            self._next_records_check = sent + RECORD_TTL_S / 3
+            lost = await self.renew_all()
+        self._deadline = sent + self.ttl_s * (1 - FENCE_MARGIN)
+        return lost
+
+    async def _revive(self) -> None:
+        """Beat now unless this process is surely alive (one beat for every caller)."""
+        if self.alive():
+            return
+        async with self._beating:
+            if not self.alive():
+                await self._beat()
 
     async def take(self, session_id: str) -> Taken:
         """Acquire the session's lease, asking its live owner to hand it over if needed.
@@ -131,19 +182,19 @@ class Ownership:
             raise RuntimeError(f"session {session_id} is already being taken here")
         loop = asyncio.get_running_loop()
         try:
+            await self._revive()  # a lease taken by a lapsed owner would not be live
             for _ in range(TAKE_ROUNDS):
                 # Waiting before asking: the answer may overtake the reply to the ask.
                 answer = self._waiting[session_id] = loop.create_future()
-                sent, sent_wall = self.clock(), time.time()
-                acquired = await self.store.acquire(session_id, self.owner, self.ttl_s, ask=True)
+                sent_wall = time.time()
+                acquired = await self.store.acquire(session_id, self.owner, RECORD_TTL_S, ask=True)
                 if isinstance(acquired, Lease):
-                    self._keep(acquired, sent)
+                    self._keep(acquired)
                     return Taken(acquired)
                 message = await self._answer(answer, acquired)
                 if isinstance(message, HandoverGrant):
-                    # The grant was made after the ask was sent: ``sent`` bounds the lease.
-                    lease = Lease(session_id, self.owner, message.token, sent_wall + message.ttl_s)
-                    self._keep(lease, sent, message.ttl_s)
+                    lease = Lease(session_id, self.owner, message.token, sent_wall + RECORD_TTL_S)
+                    self._keep(lease)
                     return Taken(lease, message.stored)
         except StoreUnavailable as exc:
             raise unreachable(exc) from exc
@@ -175,34 +226,37 @@ class Ownership:
         if answer is not None and not answer.done():
             answer.set_result(message)
 
-    async def renew_one(self, session_id: str) -> bool:
-        """Renew one lease now; False when it was lost (forgotten here then).
+    async def confirm(self, session_id: str) -> bool:
+        """Make the session's lease fresh if it is still held; False when it was lost.
 
-        Raises StoreUnavailable when the store cannot be reached (the lease is kept: it
-        may still be live, but it is not fresh, so no step applies until a renewal works).
+        Beats first when this process may have lapsed, and checks a lease held again
+        after an undone hand-over. Raises StoreUnavailable when the store cannot be
+        reached (the lease is kept, not fresh: no step applies until this works).
         """
+        await self._revive()
         lease = self._leases.get(session_id)
-        if lease is None:
-            return False
-        return not await self._renew([lease])
+        if lease is not None and session_id in self._unconfirmed:
+            await self._renew([lease])
+        return self.fresh(session_id)
 
     async def renew_all(self) -> list[str]:
-        """Renew every lease in one call; the ids of those lost (forgotten here)."""
+        """Check every lease (keeping its record longer); the ids of those lost."""
         return await self._renew(list(self._leases.values()))
 
     async def _renew(self, leases: list[Lease]) -> list[str]:
         if not leases:
             return []
-        sent = self.clock()
-        renewal = await self.store.renew(leases, self.ttl_s)
+        renewal = await self.store.renew(leases, RECORD_TTL_S)
         lost: list[str] = []
         for lease in renewal.renewed:
             if self._holds(lease):  # not replaced meanwhile (forgotten, taken again)
-                self._keep(lease, sent)
+                self._keep(lease)
         for lease in renewal.lost:
             if self._holds(lease):
                 self.forget(lease.session_id)
                 lost.append(lease.session_id)
+        if lost and self.on_lost is not None:
+            self.on_lost(lost)
         return lost
 
     def _holds(self, lease: Lease) -> bool:
@@ -226,7 +280,7 @@ class Ownership:
         """Give every held lease up (at drain); how many were held."""
         leases = list(self._leases.values())
         self._leases.clear()
-        self._deadlines.clear()
+        self._unconfirmed.clear()
         for start in range(0, len(leases), 256):
             await asyncio.gather(*(self.release(lease) for lease in leases[start : start + 256]))
         return len(leases)

@@ -556,8 +556,8 @@ class SessionManager:
     async def _ready(self, session: Session) -> None:
         """Wait for the session's step in flight; refuse an ended session, or one moved away.
 
-        With a store a step applies only under a fresh lease (``ownership``): a lease past
-        its local deadline is renewed first, and a lost one means the session moved.
+        With a store a step applies only under a fresh lease (``ownership``): past the
+        process's local deadline it is confirmed first, and a lost one means the session moved.
         """
         ownership = self.ownership
         while True:  # every await below lets another stream's step start
@@ -569,7 +569,7 @@ class SessionManager:
                     return
                 continue
             try:
-                held = await ownership.renew_one(session.id)
+                held = await ownership.confirm(session.id)
             except StoreUnavailable as exc:
                 raise unreachable(exc) from exc
             if not held:

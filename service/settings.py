@@ -116,8 +116,8 @@ class Settings:
     lease_ttl_s: float = field(
         default=5.0,
         metadata={
-            "help": "seconds a process's lease on a session lasts unless renewed (with "
-            "--store): how long a session of a dead process waits to move"
+            "help": "seconds a process's leases last unless it beats again (with --store; "
+            "one heartbeat keeps them all): how long a session of a dead process waits to move"
         },
     )
     metrics_port: int = field(

@@ -14,17 +14,22 @@ form (``entry``), never pickle; decoding a corrupt or foreign entry raises
 ``StoreEntryError`` with the reason. Applying a state to a graph is the caller's
 decision: ``stored.graph.mismatch(served)`` says why it must not, or None.
 
-Ownership is a lease with a fencing token. ``acquire(session_id, owner, ttl_s)`` takes the
-session when no other owner holds a live lease (absent or expired; an owner re-acquiring
-its own gets a fresh token), with a token greater than every token ever issued for it,
-and returns a ``Lease``; otherwise it returns the ``Holder``. ``renew(leases, ttl_s)``
-extends many in one round trip and reports the lost ones. ``release(lease)`` gives it up
-if its token is still the live one.
+Ownership is a lease with a fencing token, alive while its owner is. Each process beats
+``heartbeat(owner, ttl_s)`` every third of its TTL: one call however many sessions it
+holds, and every lease it holds lives as long as that. A heartbeat that finds the owner had
+lapsed (paused, partitioned past its TTL) says so, and the process then checks its leases
+with ``renew``. ``acquire(session_id, owner, ttl_s)`` takes the session when no other live
+owner holds it (no lease, or its owner lapsed; an owner re-acquiring its own gets a fresh
+token), with a token greater than every token ever issued for it, and returns a ``Lease``;
+otherwise it returns the ``Holder``. A lease's record is kept ``ttl_s`` (long: it only
+bounds how long a dead owner's records stay); ``renew(leases, ttl_s)`` checks many in one
+round trip, keeps their records longer and reports those lost. ``release(lease)`` gives
+it up if its token is still the live one.
 
 Every write is conditional on the writer's token. ``checkpoint(lease, stored)`` and
 ``checkpoint_many([(lease, stored), ...])`` compare each lease with the live one and
-write only on a match, atomically per entry; a writer whose lease expired or was taken
-over (paused, partitioned) gets ``LeaseLost`` / its lease back as lost, and its write
+write only on a match, atomically per entry; a writer whose lease was taken over (it
+lapsed: paused, partitioned) gets ``LeaseLost`` / its lease back as lost, and its write
 changes nothing. ``delete(lease)`` removes the entry and the lease, on the same
 condition. ``load(session_id)`` reads without a lease. An entry expires its record's
 ``idle_ttl_s`` after its last checkpoint: the store, not a process, is the session's home.
@@ -37,7 +42,7 @@ finishes its in-flight steps and calls ``hand_over(lease, stored, to_owner, ttl_
 atomic step writes the entry, gives the lease to the asker under a new token and puts a
 ``HandoverGrant`` with the entry in its inbox, so the move costs no further round trip.
 A holder that lets the session go otherwise (``release``, ``delete``) sends the asker
-``Released``; a holder that died sends nothing, and its lease expires.
+``Released``; a holder that died sends nothing, and its leases end with its liveness.
 
 Errors: ``StoreUnavailable`` (the store cannot be reached: map it to gRPC UNAVAILABLE),
 ``StoreEntryError`` (a corrupt or foreign entry), ``LeaseLost``.

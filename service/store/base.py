@@ -46,11 +46,23 @@ class SessionStore(abc.ABC):
         await self.close()
 
     @abc.abstractmethod
+    async def heartbeat(self, owner: str, ttl_s: float) -> bool:
+        """Keep ``owner`` alive for ``ttl_s`` more: every lease it holds lives as long.
+
+        True when ``owner`` stayed alive since its last heartbeat, so every lease it held
+        then is still its own. False when it had lapsed (or never beat): it is alive again
+        from now, but others may have taken some of its sessions meanwhile; ``renew`` its
+        leases to learn which it still holds.
+        """
+
+    @abc.abstractmethod
     async def acquire(
         self, session_id: str, owner: str, ttl_s: float, ask: bool = False
     ) -> Lease | Holder:
-        """Take the session's lease if no other owner holds a live one, else say who does.
+        """Take the session's lease if no other live owner holds it, else say who does.
 
+        A lease is live while its owner is (``heartbeat``); its record is kept ``ttl_s``
+        (renewed by ``renew``), so a dead owner's records do not stay forever.
         A taken lease carries a token greater than any issued before for the session.
         With ``ask``, a refusal also asks the holder, in the same atomic step, to hand the
         session over to ``owner``: the holder's inbox gets a ``HandoverRequest``, and
@@ -60,7 +72,10 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def renew(self, leases: Sequence[Lease], ttl_s: float) -> Renewal:
-        """Extend many leases in one round trip; those no longer live are lost."""
+        """Check many leases are still held, keeping their records ``ttl_s`` more.
+
+        Those another owner took (or whose record is gone) are lost.
+        """
 
     @abc.abstractmethod
     async def release(self, lease: Lease) -> bool:
@@ -98,7 +113,7 @@ class SessionStore(abc.ABC):
     ) -> bool:
         """Write the entry and give the lease to ``to_owner``, in one atomic step.
 
-        ``to_owner`` then holds a new lease (a greater token, lasting ``ttl_s``) and its
+        ``to_owner`` then holds a new lease (a greater token, its record kept ``ttl_s``) and its
         inbox gets a ``HandoverGrant`` carrying the entry; any other process that asked
         for the session gets ``Released``. False (nothing written) when ``lease`` was lost.
         """

@@ -1,8 +1,8 @@
 """Leases on sessions and the small values the store's ownership calls return.
 
-Every ``expires_at`` here is wall-clock seconds (``time.time()``) measured by the caller
-when it sent the request plus the TTL: never later than the store's own deadline, so a
-holder that renews before its ``expires_at`` never lets its lease lapse unnoticed.
+Every ``expires_at`` here is wall-clock seconds (``time.time()``): a lease's is when its
+record would be forgotten unless renewed, a holder's when its owner's liveness ends
+unless it beats again. A lease is live while its owner is.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rnnstream.server.store.entry import StoredSession
 
 @dataclass(frozen=True)
 class Lease:
-    """Ownership of one session until ``expires_at``; ``token`` fences every write."""
+    """Ownership of one session while ``owner`` lives; ``token`` fences every write."""
 
     session_id: str
     owner: str
@@ -24,7 +24,7 @@ class Lease:
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a live lease on a session that ``acquire`` could not take."""
+    """Who holds a live lease on a session that ``acquire`` could not take, alive until when."""
 
     session_id: str
     owner: str
@@ -33,7 +33,7 @@ class Holder:
 
 @dataclass(frozen=True)
 class Renewal:
-    """What ``renew`` did: leases extended (with their new expiry) and leases lost."""
+    """What ``renew`` found: leases still held (records kept longer) and leases lost."""
 
     renewed: list[Lease]
     lost: list[Lease]
@@ -51,14 +51,13 @@ class HandoverRequest:
 class HandoverGrant:
     """Delivered to the process that asked: the session's lease is its own now.
 
-    The previous owner wrote the entry and gave the lease (``token``, lasting ``ttl_s``
-    from the grant) in one atomic step. ``stored`` is that entry, so the new owner needs
-    no load; None when it could not be decoded (a ``load`` then says why).
+    The previous owner wrote the entry and gave the lease (``token``) in one atomic step.
+    ``stored`` is that entry, so the new owner needs no load; None when it could not be
+    decoded (a ``load`` then says why).
     """
 
     session_id: str
     token: int
-    ttl_s: float
     stored: StoredSession | None
 
 

@@ -7,7 +7,9 @@ process crash (not necessarily a power cut). Every call runs in a worker thread,
 event loop never waits for the disk or for another process's transaction.
 
 Idle expiry: each entry and lease row holds its deadline; reads ignore rows past it and
-writers purge them every ``PURGE_EVERY_S``.
+writers purge them every ``PURGE_EVERY_S``. A process is alive while its ``owners`` row's
+deadline is ahead (``heartbeat`` moves it); a lease is live while its owner is, and a lease
+row's own deadline (long) only bounds how long a dead owner's rows stay.
 
 Messages between processes (hand-over requests, grants with their entry, releases) are
 rows of ``inbox``, written in the same transaction as the lease change they announce; a
@@ -51,7 +53,7 @@ from rnnstream.server.store.lease import (
 )
 
 FILE_NAME = "sessions.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PURGE_EVERY_S = 10.0
 INBOX_KEEP_S = 60.0
 
@@ -65,16 +67,18 @@ CREATE TABLE IF NOT EXISTS leases (
   session_id TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
   expires_at REAL NOT NULL, asker TEXT);
 CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY CHECK (id = 0), last INTEGER NOT NULL);
 INSERT OR IGNORE INTO tokens VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS inbox (
   id INTEGER PRIMARY KEY AUTOINCREMENT, to_owner TEXT NOT NULL, kind TEXT NOT NULL,
-  session_id TEXT NOT NULL, sender TEXT NOT NULL, token INTEGER, ttl_s REAL, entry BLOB,
+  session_id TEXT NOT NULL, sender TEXT NOT NULL, token INTEGER, entry BLOB,
   created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS inbox_owner ON inbox (to_owner, id);
 """
 
 # From schema 1: leases name their asker, and an inbox replaces hand-over request rows.
+# (From schema 2, ``_SCHEMA`` adds the owners table: leases then live with their owner.)
 _MIGRATE_FROM_1 = """
 ALTER TABLE leases ADD COLUMN asker TEXT;
 DROP TABLE IF EXISTS handovers;
@@ -82,6 +86,7 @@ DROP TABLE IF EXISTS handovers;
 
 _LIVE_LEASE = "SELECT owner, token, expires_at FROM leases WHERE session_id = ? AND expires_at > ?"
 _LIVE_LEASE_ASKER = "SELECT token, asker FROM leases WHERE session_id = ? AND expires_at > ?"
+_OWNER_ALIVE_UNTIL = "SELECT expires_at FROM owners WHERE owner = ? AND expires_at > ?"
 
 
 class LocalStore(SessionStore):
@@ -122,7 +127,7 @@ class LocalStore(SessionStore):
             conn.execute("PRAGMA synchronous=NORMAL")
             with self._writing(conn):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, 1, SCHEMA_VERSION):
+                if version not in (0, 1, 2, SCHEMA_VERSION):
                     raise StoreUnavailable(
                         f"session store {self.path} has schema {version}, "
                         f"this server uses {SCHEMA_VERSION}"
@@ -180,8 +185,27 @@ class LocalStore(SessionStore):
         with self._writing(conn):
             purged = conn.execute("DELETE FROM entries WHERE expires_at <= ?", (now,)).rowcount
             conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM owners WHERE expires_at <= ?", (now - INBOX_KEEP_S,))
             conn.execute("DELETE FROM inbox WHERE created_at <= ?", (now - INBOX_KEEP_S,))
         return int(purged)
+
+    async def heartbeat(self, owner: str, ttl_s: float) -> bool:
+        """Move the owner's deadline, or write its row again (see SessionStore.heartbeat)."""
+
+        def heartbeat(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            with self._writing(conn):
+                alive = conn.execute(
+                    "UPDATE owners SET expires_at = ? WHERE owner = ? AND expires_at > ?",
+                    (now + ttl_s, owner, now),
+                ).rowcount
+                if not alive:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO owners VALUES (?, ?)", (owner, now + ttl_s)
+                    )
+            return alive == 1
+
+        return await self._run(heartbeat)
 
     async def acquire(
         self, session_id: str, owner: str, ttl_s: float, ask: bool = False
@@ -192,13 +216,16 @@ class LocalStore(SessionStore):
             now = time.time()
             with self._writing(conn) as bells:
                 held = conn.execute(_LIVE_LEASE, (session_id, now)).fetchone()
+                alive = None
                 if held is not None and held[0] != owner:
+                    alive = conn.execute(_OWNER_ALIVE_UNTIL, (held[0], now)).fetchone()
+                if held is not None and alive is not None:
                     if ask:
                         conn.execute(
                             "UPDATE leases SET asker = ? WHERE session_id = ?", (owner, session_id)
                         )
                         _notify(conn, bells, held[0], "request", session_id, owner, now)
-                    return Holder(session_id, held[0], held[2])
+                    return Holder(session_id, held[0], float(alive[0]))
                 token = _new_token(conn, now)
                 _grant(conn, session_id, owner, token, now + ttl_s)
             return Lease(session_id, owner, token, now + ttl_s)
@@ -206,7 +233,7 @@ class LocalStore(SessionStore):
         return await self._run(acquire)
 
     async def renew(self, leases: Sequence[Lease], ttl_s: float) -> Renewal:
-        """Extend leases, one transaction per chunk (see SessionStore.renew)."""
+        """Check leases and keep their rows longer, one transaction per chunk."""
 
         def renew(chunk: Sequence[Lease], conn: sqlite3.Connection) -> Renewal:
             now = time.time()
@@ -310,9 +337,9 @@ class LocalStore(SessionStore):
                 token = _new_token(conn, now)
                 _grant(conn, lease.session_id, to_owner, token, now + ttl_s)
                 conn.execute(
-                    "INSERT INTO inbox (to_owner, kind, session_id, sender, token, ttl_s, entry, "
-                    "created_at) VALUES (?, 'grant', ?, ?, ?, ?, ?, ?)",
-                    (to_owner, lease.session_id, lease.owner, token, ttl_s, data, now),
+                    "INSERT INTO inbox (to_owner, kind, session_id, sender, token, entry, "
+                    "created_at) VALUES (?, 'grant', ?, ?, ?, ?, ?)",
+                    (to_owner, lease.session_id, lease.owner, token, data, now),
                 )
                 bells.append(to_owner)
                 if row[1] is not None and row[1] != to_owner:
@@ -332,22 +359,20 @@ class LocalStore(SessionStore):
             yield self._messages(owner, await self._run(last_id), bell)
 
     async def _messages(self, owner: str, after: int, bell: Bell) -> AsyncIterator[InboxMessage]:
-        def newer(conn: sqlite3.Connection) -> list[tuple[int, str, str, str, int, float, bytes]]:
+        def newer(conn: sqlite3.Connection) -> list[tuple[int, str, str, str, int, bytes]]:
             return conn.execute(
-                "SELECT id, kind, session_id, sender, token, ttl_s, entry FROM inbox "
+                "SELECT id, kind, session_id, sender, token, entry FROM inbox "
                 "WHERE to_owner = ? AND id > ? ORDER BY id",
                 (owner, after),
             ).fetchall()
 
         while True:
-            for row_id, kind, session_id, sender, token, ttl_s, entry in await self._run(newer):
+            for row_id, kind, session_id, sender, token, entry in await self._run(newer):
                 after = row_id
                 if kind == "request":
                     yield HandoverRequest(session_id, sender)
                 elif kind == "grant":
-                    yield HandoverGrant(
-                        session_id, int(token), float(ttl_s), decode_entry_or_none(bytes(entry))
-                    )
+                    yield HandoverGrant(session_id, int(token), decode_entry_or_none(bytes(entry)))
                 else:
                     yield Released(session_id)
             await bell.wait(self.poll_s)

@@ -1,7 +1,12 @@
 """The Lua scripts that make each RedisStore operation one atomic compare-and-act.
 
-A lease is the hash ``lease:<id>`` {owner, token, and the asker: the last process that
-asked for a hand-over} with a PEXPIRE of its TTL. Tokens come
+A process is alive while its key ``owner:<owner>`` exists (PEXPIRE of its TTL, one
+``HEARTBEAT`` renews it). A lease is the hash ``lease:<id>`` {owner, token, and the asker:
+the last process that asked for a hand-over}, live while its owner is; the hash's own
+PEXPIRE (long) only bounds how long a dead owner's leases stay. ``ACQUIRE`` reads the
+holder's owner key by a name it builds from the hash, a key not passed in KEYS: these
+scripts are for a single Redis (or Valkey) server or a replicated one, not Redis Cluster.
+Tokens come
 from one counter (``tokens``) that never expires, raised to at least the server's clock in
 microseconds: so a new token is greater than every token issued before, even after a
 Redis without persistence restarted empty. Writes compare the lease's token first. The
@@ -28,19 +33,31 @@ local function notify(prefix, to, header, payload)
 end
 """
 
-# KEYS: lease, token counter. ARGV: owner, ttl_ms, inbox prefix or '' (do not ask), id.
-# Returns {1, token as text} when taken, {0, holder, pttl} when another owner holds it;
-# asking records the asker on the lease and sends the holder a hand-over request.
+# KEYS: owner. ARGV: ttl_ms. Returns 1 when the owner was alive (its key renewed), 0 when
+# it had lapsed or never beat (its key made again).
+HEARTBEAT = """
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then return 1 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 0
+"""
+
+# KEYS: lease, token counter. ARGV: owner, record ttl_ms, inbox prefix or '' (do not ask),
+# id, owner key prefix. Returns {1, token as text} when taken, {0, holder, its pttl} when
+# another live owner holds it; asking records the asker on the lease and sends the holder
+# a hand-over request.
 ACQUIRE = (
     _NOTIFY
     + """
 local holder = redis.call('HGET', KEYS[1], 'owner')
 if holder and holder ~= ARGV[1] then
-  if ARGV[3] ~= '' then
-    redis.call('HSET', KEYS[1], 'asker', ARGV[1])
-    notify(ARGV[3], holder, {kind = 'request', session_id = ARGV[4], to_owner = ARGV[1]})
+  local alive_ms = redis.call('PTTL', ARGV[5] .. holder)
+  if alive_ms > 0 then
+    if ARGV[3] ~= '' then
+      redis.call('HSET', KEYS[1], 'asker', ARGV[1])
+      notify(ARGV[3], holder, {kind = 'request', session_id = ARGV[4], to_owner = ARGV[1]})
+    end
+    return {0, holder, alive_ms}
   end
-  return {0, holder, redis.call('PTTL', KEYS[1])}
 end
 """
     + _NEW_TOKEN % (2, 2)
@@ -52,8 +69,8 @@ return {1, text}
 """
 )
 
-# KEYS: leases. ARGV: ttl_ms, then one token per lease.
-# Extends each lease whose token matches; returns 1 (extended) or 0 (lost) per lease.
+# KEYS: leases. ARGV: record ttl_ms, then one token per lease.
+# Keeps each lease whose token matches longer; returns 1 (held) or 0 (lost) per lease.
 RENEW_MANY = """
 local extended = {}
 for i, lease in ipairs(KEYS) do
@@ -98,7 +115,7 @@ return 1
 )
 
 # KEYS: lease, entry, token counter. ARGV: token, entry bytes, entry ttl_ms, new owner,
-# lease ttl_ms, inbox prefix, session id. When the token is live: writes the entry, gives
+# lease record ttl_ms, inbox prefix, session id. When the token is live: writes the entry, gives
 # the lease to the new owner under a new token, sends it the grant (with the entry) and
 # tells any other asker. Returns the new token as text, or false when the lease was lost.
 HAND_OVER = (
@@ -113,8 +130,7 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'token', text)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-notify(ARGV[6], ARGV[4], {kind = 'grant', session_id = ARGV[7], token = text,
-  ttl_ms = tonumber(ARGV[5])}, ARGV[2])
+notify(ARGV[6], ARGV[4], {kind = 'grant', session_id = ARGV[7], token = text}, ARGV[2])
 if asker and asker ~= ARGV[4] then
   notify(ARGV[6], asker, {kind = 'released', session_id = ARGV[7]})
 end

@@ -1,7 +1,8 @@
 """``RedisStore``: the session store in one Redis, shared by every replica.
 
 Keys, under the prefix ``rnnstream:``: ``session:<id>`` the entry (with a PEXPIRE of its
-idle TTL), ``lease:<id>`` the lease, ``tokens`` the token counter. Channel
+idle TTL), ``lease:<id>`` the lease, ``owner:<owner>`` a live process (with a PEXPIRE of
+its lease TTL), ``tokens`` the token counter. Channel
 ``inbox:<owner>`` carries an owner's messages (hand-over requests, grants, releases): a
 JSON header, a newline, then a grant's entry bytes.
 Each operation is one Lua script (``redis_scripts``), registered once and run by sha;
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "rnnstream:"
 INBOX = PREFIX + "inbox:"
+OWNER = PREFIX + "owner:"
 # Connections to Redis per process: enough for the store calls of many Opens at once;
 # more calls than this wait for a free connection.
 MAX_CONNECTIONS = 64
@@ -74,6 +76,7 @@ class RedisStore(SessionStore):
         )
         self._redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
         register = self._redis.register_script
+        self._heartbeat = register(redis_scripts.HEARTBEAT)
         self._acquire = register(redis_scripts.ACQUIRE)
         self._renew_many = register(redis_scripts.RENEW_MANY)
         self._checkpoint_many = register(redis_scripts.CHECKPOINT_MANY)
@@ -97,6 +100,11 @@ class RedisStore(SessionStore):
         """Close the connection pool."""
         await self._redis.aclose()
 
+    async def heartbeat(self, owner: str, ttl_s: float) -> bool:
+        """Renew the owner's key, or make it again (see SessionStore.heartbeat)."""
+        with self._reaching():
+            return bool(await self._heartbeat(keys=[OWNER + owner], args=[_ms(ttl_s)]))
+
     async def acquire(
         self, session_id: str, owner: str, ttl_s: float, ask: bool = False
     ) -> Lease | Holder:
@@ -105,14 +113,14 @@ class RedisStore(SessionStore):
         with self._reaching():
             reply = await self._acquire(
                 keys=[_lease_key(session_id), PREFIX + "tokens"],
-                args=[owner, _ms(ttl_s), INBOX if ask else "", session_id],
+                args=[owner, _ms(ttl_s), INBOX if ask else "", session_id, OWNER],
             )
         if reply[0] == 1:
             return Lease(session_id, owner, int(reply[1]), sent + ttl_s)
         return Holder(session_id, reply[1].decode(), sent + max(int(reply[2]), 0) / 1000)
 
     async def renew(self, leases: Sequence[Lease], ttl_s: float) -> Renewal:
-        """Extend leases, one script call per chunk (see SessionStore.renew)."""
+        """Check leases and keep their records longer, one script call per chunk."""
         renewed: list[Lease] = []
         lost: list[Lease] = []
         for chunk in chunks(leases):
@@ -225,8 +233,7 @@ def inbox_message(data: bytes) -> InboxMessage | None:
         if kind == "released":
             return Released(session_id)
         if kind == "grant":
-            token, ttl_s = int(fields["token"]), int(fields["ttl_ms"]) / 1000
-            return HandoverGrant(session_id, token, ttl_s, decode_entry_or_none(payload))
+            return HandoverGrant(session_id, int(fields["token"]), decode_entry_or_none(payload))
     except (ValueError, KeyError, TypeError):
         pass
     log.warning("ignoring a malformed inbox message: %r", data[:100])

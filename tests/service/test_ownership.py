@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -236,8 +237,9 @@ def test_a_dead_holder_lets_the_session_move_once_its_lease_expires(
 ):
     async def drive() -> None:
         path = tmp_path / "s.sqlite3"
-        dead = LocalStore(path)  # holds a lease, never reads its inbox, never renews
-        held = await dead.acquire(SID, "dead-process", 0.3)
+        dead = LocalStore(path)  # holds a lease, never reads its inbox, never beats again
+        await dead.heartbeat("dead-process", 0.3)
+        held = await dead.acquire(SID, "dead-process", 3600.0)
         assert isinstance(held, Lease)
         sessions = await _manager(tiny_models, path, ttl_s=5.0)
         assert sessions.mover is not None
@@ -254,6 +256,47 @@ def test_a_dead_holder_lets_the_session_move_once_its_lease_expires(
             assert sessions.ownership is not None
             await sessions.ownership.store.close()
             await dead.close()
+
+    asyncio.run(drive())
+
+
+def test_staying_alive_is_one_store_call_and_a_lapse_checks_every_lease(
+    tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    async def drive() -> None:
+        path = tmp_path / "s.sqlite3"
+        sessions = await _manager(tiny_models, path, ttl_s=30.0)
+        assert sessions.mover is not None and sessions.ownership is not None
+        ownership, store = sessions.ownership, sessions.ownership.store
+        try:
+            ids = [f"{SID}-{i:02d}" for i in range(20)]
+            for session_id in ids:
+                await sessions.open("tiny", "", session_id, None, None, create=True)
+            checked: list[int] = []
+            renew = store.renew
+
+            async def counted(leases: list[Lease], ttl_s: float) -> object:
+                checked.append(len(leases))
+                return await renew(leases, ttl_s)
+
+            monkeypatch.setattr(store, "renew", counted)
+            for _ in range(3):
+                assert await ownership.keep_alive() == []
+            assert checked == []  # alive all along: not one lease looked at
+            # A pause past the TTL: the process lapsed, and another took one session.
+            await store.close()
+            with sqlite3.connect(path) as conn:
+                conn.execute("UPDATE owners SET expires_at = 0")
+            other = LocalStore(path)
+            assert isinstance(await other.acquire(ids[3], "someone-else", 3600.0), Lease)
+            assert await ownership.keep_alive() == [ids[3]]
+            assert checked == [20]
+            assert sessions.find(ids[3]) is None  # its session was dropped here
+            assert all(ownership.fresh(i) for i in ids if i != ids[3])
+            await other.close()
+        finally:
+            sessions.repository.close()
+            await store.close()
 
     asyncio.run(drive())
 

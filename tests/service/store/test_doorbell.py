@@ -49,10 +49,11 @@ def test_local_store_messages_arrive_by_the_bell_not_the_poll(tmp_path: Path) ->
     async def main() -> None:
         path = tmp_path / "s.sqlite3"
         async with LocalStore(path, poll_s=POLL_S) as owner, LocalStore(path) as asker:
-            lease = await owner.acquire("s", "A", 30.0)
+            await owner.heartbeat("A", 30.0)
+            lease = await owner.acquire("s", "A", 3600.0)
             assert isinstance(lease, Lease)
             async with owner.inbox("A") as to_a:
-                await asker.acquire("s", "B", 30.0, ask=True)
+                await asker.acquire("s", "B", 3600.0, ask=True)
                 request = await asyncio.wait_for(anext(to_a), 10)
                 assert request == HandoverRequest("s", "B")
 

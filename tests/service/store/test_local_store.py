@@ -50,6 +50,7 @@ def _race(path: Path, owner: str, start: Event, results: multiprocessing.Queue) 
     async def main() -> None:
         async with LocalStore(path) as store:
             await store.check()
+            await store.heartbeat(owner, 60.0)
             start.wait()
             won = []
             for session_id in SESSIONS:
@@ -88,6 +89,7 @@ def _owner(path: Path, ready: Event) -> None:
 
     async def main() -> None:
         async with LocalStore(path) as store:
+            await store.heartbeat("owner", 60.0)
             lease = await store.acquire("s", "owner", 60.0)
             assert isinstance(lease, Lease)
             await store.checkpoint(lease, stored("s", seed=1))
@@ -165,6 +167,7 @@ def test_a_database_of_schema_1_is_upgraded_keeping_its_sessions(tmp_path: Path)
 
     async def upgraded() -> None:
         async with LocalStore(path) as store, store.inbox("old") as to_old:
+            await store.heartbeat("old", 60.0)  # the holder is alive (as a process beating)
             back = await store.load("s")
             assert back is not None and back.durable_step == 13
             held = await store.acquire("s", "new", 60.0, ask=True)
@@ -174,6 +177,6 @@ def test_a_database_of_schema_1_is_upgraded_keeping_its_sessions(tmp_path: Path)
     asyncio.run(write())
     asyncio.run(upgraded())
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert "handovers" not in tables and "inbox" in tables
+        assert "handovers" not in tables and {"inbox", "owners"} <= tables

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -31,15 +32,22 @@ def run(backend: Backend, test: Callable[[SessionStore], Awaitable[None]]) -> No
     asyncio.run(main())
 
 
+# How long lease records are kept here (long: they are not what ends a lease).
+RECORD_TTL_S = 3600.0
+
+
 async def take(store: SessionStore, session_id: str, owner: str, ttl_s: float = 30.0) -> Lease:
-    lease = await store.acquire(session_id, owner, ttl_s)
+    """``owner`` beats (alive for ``ttl_s``) and acquires the session."""
+    await store.heartbeat(owner, ttl_s)
+    lease = await store.acquire(session_id, owner, RECORD_TTL_S)
     assert isinstance(lease, Lease), lease
     return lease
 
 
 async def take_when_free(store: SessionStore, session_id: str, owner: str) -> Lease:
-    """Acquire once the current lease has expired (polls; bounded by the test timeout)."""
-    while not isinstance(lease := await store.acquire(session_id, owner, 30.0), Lease):
+    """Acquire once the current holder has lapsed (polls; bounded by the test timeout)."""
+    await store.heartbeat(owner, 30.0)
+    while not isinstance(lease := await store.acquire(session_id, owner, RECORD_TTL_S), Lease):
         await asyncio.sleep(0.02)
     return lease
 
@@ -61,17 +69,49 @@ def test_acquire_renew_release(backend: Backend) -> None:
     async def test(store: SessionStore) -> None:
         lease = await take(store, "s", "A")
         assert lease.owner == "A" and lease.session_id == "s"
-        held = await store.acquire("s", "B", 30.0)
+        held = await store.acquire("s", "B", RECORD_TTL_S)
         assert isinstance(held, Holder) and held.owner == "A"
-        assert held.expires_at > lease.expires_at - 30.0
-        renewal = await store.renew([lease], 60.0)
+        assert time.time() + 25.0 < held.expires_at <= time.time() + 30.0  # A's liveness
+        renewal = await store.renew([lease], 2 * RECORD_TTL_S)
         assert renewal.lost == [] and [r.token for r in renewal.renewed] == [lease.token]
         assert renewal.renewed[0].expires_at > lease.expires_at
         assert await store.release(lease)
         assert not await store.release(lease)
-        assert (await store.renew([lease], 60.0)).lost == [lease]
+        assert (await store.renew([lease], RECORD_TTL_S)).lost == [lease]
         after = await take(store, "s", "B")
         assert after.token > lease.token
+
+    run(backend, test)
+
+
+def test_a_heartbeat_says_whether_the_owner_stayed_alive(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        assert not await store.heartbeat("A", 0.1)  # never beat before
+        assert await store.heartbeat("A", 0.1)
+        await asyncio.sleep(0.2)
+        assert not await store.heartbeat("A", 30.0)  # lapsed meanwhile
+        assert await store.heartbeat("A", 30.0)
+
+    run(backend, test)
+
+
+def test_a_lapsed_owner_keeps_the_leases_nobody_took_and_loses_the_others(
+    backend: Backend,
+) -> None:
+    async def test(store: SessionStore) -> None:
+        kept = await take(store, "kept", "A", ttl_s=0.1)
+        taken = await take(store, "taken", "A", ttl_s=0.1)
+        held = await store.acquire("kept", "B", RECORD_TTL_S)
+        assert isinstance(held, Holder) and held.owner == "A"  # alive: nobody may take it
+        await asyncio.sleep(0.2)  # A lapses (a pause); B takes one of its sessions
+        assert isinstance(await take(store, "taken", "B"), Lease)
+        assert not await store.heartbeat("A", 30.0)
+        renewal = await store.renew([kept, taken], RECORD_TTL_S)
+        assert [lease.session_id for lease in renewal.renewed] == ["kept"]
+        assert renewal.lost == [taken]
+        await store.checkpoint(kept, stored("kept"))  # alive again: its leases are live
+        held = await store.acquire("kept", "B", RECORD_TTL_S)
+        assert isinstance(held, Holder) and held.owner == "A"
 
     run(backend, test)
 
@@ -101,7 +141,7 @@ def test_a_paused_old_owner_cannot_write(backend: Backend) -> None:
         with pytest.raises(LeaseLost):
             await store.delete(a)
         assert not await store.release(a)
-        assert (await store.renew([a, b], 30.0)).lost == [a]
+        assert (await store.renew([a, b], RECORD_TTL_S)).lost == [a]
         back = await store.load("s")
         assert back is not None
         assert_same(back, stored("s", seed=2))
@@ -153,7 +193,7 @@ def test_delete_removes_entry_and_lease(backend: Backend) -> None:
         await store.checkpoint(lease, stored("s"))
         await store.delete(lease)
         assert await store.load("s") is None
-        assert isinstance(await store.acquire("s", "B", 30.0), Lease)
+        assert isinstance(await store.acquire("s", "B", RECORD_TTL_S), Lease)
 
     run(backend, test)
 
@@ -164,22 +204,23 @@ def test_an_ask_reaches_the_holder_whose_hand_over_grants_the_lease_with_the_ent
     async def test(store: SessionStore) -> None:
         async with store.inbox("A") as to_a, store.inbox("B") as to_b:
             lease = await take(store, "s", "A")
-            held = await store.acquire("s", "B", 30.0, ask=True)
+            await store.heartbeat("B", 30.0)
+            held = await store.acquire("s", "B", RECORD_TTL_S, ask=True)
             assert isinstance(held, Holder) and held.owner == "A"
             assert await anext(to_a) == HandoverRequest("s", "B")
-            assert await store.hand_over(lease, stored("s", seed=4), "B", 20.0)
+            assert await store.hand_over(lease, stored("s", seed=4), "B", RECORD_TTL_S)
             grant = await anext(to_b)
             assert isinstance(grant, HandoverGrant) and grant.session_id == "s"
-            assert grant.token > lease.token and grant.ttl_s == 20.0
+            assert grant.token > lease.token
             assert grant.stored is not None
             assert_same(grant.stored, stored("s", seed=4))
             # The lease is B's now: A is fenced off, B writes and renews under the grant.
-            assert not await store.hand_over(lease, stored("s", seed=5), "C", 20.0)
+            assert not await store.hand_over(lease, stored("s", seed=5), "C", RECORD_TTL_S)
             assert await store.checkpoint_many([(lease, stored("s", seed=5))]) == [lease]
             mine = Lease("s", "B", grant.token, 0.0)
-            assert (await store.renew([mine], 30.0)).lost == []
+            assert (await store.renew([mine], RECORD_TTL_S)).lost == []
             await store.checkpoint(mine, stored("s", seed=6))
-            held = await store.acquire("s", "A", 30.0)
+            held = await store.acquire("s", "A", RECORD_TTL_S)
             assert isinstance(held, Holder) and held.owner == "B"
         back = await store.load("s")
         assert back is not None and back.durable_step == 16
@@ -191,13 +232,15 @@ def test_a_release_or_delete_tells_the_asker(backend: Backend) -> None:
     async def test(store: SessionStore) -> None:
         async with store.inbox("B") as to_b:
             released, deleted = await take(store, "r", "A"), await take(store, "d", "A")
+            await store.heartbeat("B", 30.0)
             for session_id in ("r", "d"):
-                assert isinstance(await store.acquire(session_id, "B", 30.0, ask=True), Holder)
+                asked = await store.acquire(session_id, "B", RECORD_TTL_S, ask=True)
+                assert isinstance(asked, Holder)
             assert await store.release(released)
             assert await anext(to_b) == Released("r")
             await store.delete(deleted)
             assert await anext(to_b) == Released("d")
-        assert isinstance(await store.acquire("r", "B", 30.0), Lease)
+        assert isinstance(await store.acquire("r", "B", RECORD_TTL_S), Lease)
 
     run(backend, test)
 
@@ -208,12 +251,12 @@ def test_only_an_ask_sends_a_request_and_a_hand_over_releases_the_other_asker(
     async def test(store: SessionStore) -> None:
         async with store.inbox("A") as to_a, store.inbox("C") as to_c:
             lease = await take(store, "s", "A")
-            assert isinstance(await store.acquire("s", "B", 30.0), Holder)  # not asking
-            assert isinstance(await store.acquire("s", "B", 30.0, ask=True), Holder)
-            assert isinstance(await store.acquire("s", "C", 30.0, ask=True), Holder)
+            assert isinstance(await store.acquire("s", "B", RECORD_TTL_S), Holder)  # not asking
+            assert isinstance(await store.acquire("s", "B", RECORD_TTL_S, ask=True), Holder)
+            assert isinstance(await store.acquire("s", "C", RECORD_TTL_S, ask=True), Holder)
             assert await anext(to_a) == HandoverRequest("s", "B")
             assert await anext(to_a) == HandoverRequest("s", "C")
-            assert await store.hand_over(lease, stored("s"), "B", 30.0)
+            assert await store.hand_over(lease, stored("s"), "B", RECORD_TTL_S)
             assert await anext(to_c) == Released("s")  # C asks B next
 
     run(backend, test)
