@@ -1,4 +1,4 @@
-# rnnstream server image: [server] only (no torch), non-root, gRPC health check.
+# rnnstream server image: [server] and [otel] only (no torch), non-root, gRPC health check.
 #   docker build -t rnnstream .                       # CPU (onnxruntime)
 #   docker build --target gpu -t rnnstream:gpu .      # NVIDIA GPU (onnxruntime-gpu, CUDA 12)
 #   docker run -p 50051:50051 -v rnnstream-state:/var/lib/rnnstream rnnstream
@@ -21,7 +21,7 @@ COPY rnnstream ./rnnstream
 COPY service ./service
 COPY export ./export
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[${EXTRA}]"
+    && /opt/venv/bin/pip install ".[${EXTRA},otel]"
 
 # ---- runtime: slim Python, the venv from build, the bundled models
 FROM ${PYTHON_IMAGE} AS runtime
@@ -60,7 +60,7 @@ COPY rnnstream ./rnnstream
 COPY service ./service
 COPY export ./export
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[server-gpu]" \
+    && /opt/venv/bin/pip install ".[server-gpu,otel]" \
     && rm -rf /src
 COPY models /app/models
 RUN useradd --system --uid 10001 --home-dir /app rnnstream \

@@ -30,10 +30,10 @@ $(VENV)/.installed-$(SERVER_EXTRA): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(EDITABLE) '.[$(SERVER_EXTRA)]'
 	touch $@
 
-# Everything: torch pinned first so pip takes the local CPU build, then the extras.
+# Everything: torch pinned first so pip takes the local CPU build, then the extras (tracing too).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet '$(TORCH_PIN)'
-	$(BIN)/python -m pip install --quiet $(EDITABLE) '.[server,train,dev]'
+	$(BIN)/python -m pip install --quiet $(EDITABLE) '.[server,train,dev,otel]'
 	touch $@
 
 serve: $(VENV)/.installed-$(SERVER_EXTRA)

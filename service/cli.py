@@ -18,6 +18,7 @@ examples:
   RNNSTREAM_PORT=6000 RNNSTREAM_LOG_FORMAT=json rnnstream serve
 
   rnnstream serve --tls-cert server.pem --tls-key server.key --auth-tokens tokens.txt
+  OTEL_TRACES_EXPORTER=console rnnstream serve --otel   # spans on stdout
 
 Health: grpc.health.v1 (service "" and "rnnstream.v1.Predictor"), open without a token;
 reflection is on unless --no-reflection, so `grpcurl -plaintext localhost:50051 list`
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from rnnstream.server import logs
+    from rnnstream.server import logs, tracing
     from rnnstream.server.repository import ModelLoadError
     from rnnstream.server.secret_files import SecretFileError
     from rnnstream.server.server import Server
@@ -81,10 +82,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"rnnstream serve: {exc}")
         return 2
     logs.configure(settings.log_level, settings.log_format, settings.worker)
+    try:
+        tracing.check(settings.otel)  # here, not once per worker
+    except tracing.TracingError as exc:
+        logging.getLogger("rnnstream").error("%s", exc)
+        return 1
     if worker_count(settings.workers) > 1:
         return Supervisor(settings).run()
     try:
         return asyncio.run(Server(settings).serve())
-    except (ModelLoadError, OSError, StoreError, SecretFileError) as exc:
+    except (ModelLoadError, OSError, StoreError, SecretFileError, tracing.TracingError) as exc:
         logging.getLogger("rnnstream").error("%s", exc)
         return 1

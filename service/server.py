@@ -8,7 +8,8 @@ and ``address`` say where (``--port 0`` picks a free port). ``await server.stop(
 drains: health turns NOT_SERVING, new work is refused, live
 streams are told the server is draining, in-flight steps finish, the sessions are written to
 the state directory (with ``--store``: checkpointed to the store, their leases released),
-and the metrics endpoint and the engines are closed. ``await
+the metrics endpoint and the engines are closed, and (with ``--otel``) the last spans are
+exported. ``await
 server.serve()`` is ``rnnstream serve``: start, wait for SIGTERM or SIGINT, stop, exit 0.
 
 Each start step registers what undoes it, and stopping undoes the steps in reverse. A step
@@ -38,7 +39,7 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rnnstream.server import codec, kserve_servicer, session_snapshot, snapshot
+from rnnstream.server import codec, kserve_servicer, session_snapshot, snapshot, tracing
 from rnnstream.server.metrics import Metrics
 from rnnstream.server.moves import SessionMover
 from rnnstream.server.ownership import Ownership
@@ -73,8 +74,13 @@ class Server:
         await server.stop()
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: tracing.Tracing | None = None) -> None:
+        """``tracer``: what traces the calls and steps (default: as ``settings.otel`` says).
+
+        The server shuts it down when it stops.
+        """
         self.settings = settings
+        self._tracer = tracer
         self._state = "new"  # then "started", then "stopped"; never back
         self._undo = contextlib.AsyncExitStack()
         self._grace = settings.grace_s
@@ -174,6 +180,8 @@ class Server:
         settings = self.settings
         # First: a token, certificate or key file that cannot be used stops the start here.
         security = self._security = Security.from_settings(settings)
+        tracer = self._tracer or tracing.setup(settings.otel)
+        self._undo.push_async_callback(_off_loop, tracer.shutdown)  # last: the drain's spans
         if not settings.worker:  # a supervisor warns once for all its workers
             for warning in start_warnings(settings):
                 log.warning("%s", warning)
@@ -186,10 +194,10 @@ class Server:
             store = await open_checked_store(settings)
             self._undo.push_async_callback(store.close)
             ownership = Ownership(store, settings.lease_ttl_s)
-            sessions = SessionManager(repository, settings, ownership=ownership)
+            sessions = SessionManager(repository, settings, ownership=ownership, tracer=tracer)
             mover = sessions.mover = SessionMover(sessions, ownership)
         else:
-            sessions = SessionManager(repository, settings)
+            sessions = SessionManager(repository, settings, tracer=tracer)
             restore_snapshot(sessions, settings)
         self._sessions = sessions
         metrics = Metrics(sessions)
@@ -201,7 +209,10 @@ class Server:
             serve_metrics(metrics, settings)
             self._undo.callback(metrics.close)
 
-        server = grpc.aio.server(options=grpc_options(settings))
+        server = grpc.aio.server(
+            options=grpc_options(settings),
+            interceptors=tracer.interceptors((SERVICE_NAME, kserve_servicer.SERVICE_NAME)),
+        )
         servicer = PredictorServicer(
             repository, sessions, settings, metrics, security.authenticator
         )
@@ -288,8 +299,10 @@ class BackgroundServer:
             client = rnnstream.Client(server.address)
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: tracing.Tracing | None = None) -> None:
+        """``tracer``: as for ``Server``."""
         self.settings = settings
+        self._tracer = tracer
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="rnnstream-server", daemon=True
@@ -299,7 +312,7 @@ class BackgroundServer:
     def start(self) -> BackgroundServer:
         """Start the loop thread and the server on it; returns once serving."""
         self._thread.start()
-        server = Server(self.settings)
+        server = Server(self.settings, self._tracer)
         try:
             self._run(server.start(), timeout=120)
         except BaseException:

@@ -60,6 +60,7 @@ from rnnstream.server.session_ids import ID_RULE, check_session_id, new_session_
 from rnnstream.server.settings import Settings
 from rnnstream.server.store import Lease, LeaseLost, StoreUnavailable
 from rnnstream.server.stream_handle import StreamHandle
+from rnnstream.server.tracing import OFF, Tracing
 
 if TYPE_CHECKING:
     from rnnstream.server.moves import SessionMover
@@ -196,8 +197,10 @@ class SessionManager:
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         ownership: Ownership | None = None,
+        tracer: Tracing = OFF,
     ) -> None:
         self.repository = repository
+        self.tracer = tracer  # a span per run of a session's steps (--otel)
         self.settings = settings
         self.clock = clock
         # With a session store: this process's leases, and what brings sessions held
@@ -518,8 +521,8 @@ class SessionManager:
             )
         skip = min(session.next_step - start, n)
         new_x = x[skip:] if skip else x
+        manifest = session.model.manifest
         if skip or len(new_x) == 0:  # (most messages are new steps only: no replay lookup)
-            manifest = session.model.manifest
             replayed_from, replayed_y, replayed_states = session.replay.replayed(
                 start, skip, session.return_state, manifest.n_outputs, manifest.state_size
             )
@@ -529,17 +532,20 @@ class SessionManager:
         # The bookkeeping (_steps_done) runs when the engine writes the row back, even if
         # this coroutine is cancelled meanwhile (its stream superseded): the row moves on
         # together with next_step.
-        ran = session.model.engine.submit(
-            new_x[None],
-            rows=(session.row,),
-            want_states=session.return_state,
-            on_done=functools.partial(self._steps_done, session),
-        )
-        if isinstance(ran, StepResult):  # ran at once on the event loop
-            result = ran
-        else:
-            session.inflight = ran
-            result = await asyncio.shield(ran)
+        with self.tracer.step_batch(
+            manifest.name, manifest.version, session.id, start + skip, len(new_x)
+        ):
+            ran = session.model.engine.submit(
+                new_x[None],
+                rows=(session.row,),
+                want_states=session.return_state,
+                on_done=functools.partial(self._steps_done, session),
+            )
+            if isinstance(ran, StepResult):  # ran at once on the event loop
+                result = ran
+            else:
+                session.inflight = ran
+                result = await asyncio.shield(ran)
         y = result.y[0]  # [n_new, O]
         states = result.states[0] if result.states is not None else None  # [n_new, S]
         if skip == 0:

@@ -1,7 +1,8 @@
 """Server configuration: one typed ``Settings`` built from ``RNNSTREAM_*`` variables and flags.
 
 Every field ``foo_bar`` is read from ``RNNSTREAM_FOO_BAR`` and can be overridden by the
-``--foo-bar`` flag of ``rnnstream serve``. Nothing else in the server reads ``os.environ``.
+``--foo-bar`` flag of ``rnnstream serve``. Nothing else in the server reads ``os.environ``,
+except ``tracing`` (with ``--otel``), which follows the standard ``OTEL_*`` variables.
 """
 
 from __future__ import annotations
@@ -204,6 +205,15 @@ class Settings:
     reflection: bool = field(
         default=True,
         metadata={"help": "serve gRPC server reflection (--no-reflection: off)"},
+    )
+    otel: bool = field(
+        default=False,
+        metadata={
+            "help": "OpenTelemetry tracing: a span per RPC and per session step batch, "
+            "exported as the standard OTEL_* variables say (OTEL_TRACES_EXPORTER: otlp, "
+            "console or none; OTEL_EXPORTER_OTLP_ENDPOINT; OTEL_SERVICE_NAME); needs "
+            "pip install 'rnnstream[otel]'"
+        },
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
