@@ -54,10 +54,6 @@ MODEL = "seattle-temp"
 VARIANTS = (("off", 0.0), ("every 1 s", 1.0), ("every 0.2 s", 0.2))
 # Long enough that pausing a server for the other variants' runs loses no lease.
 LEASE_TTL_S = 60.0
-# The load's Opens and closes (each a store round trip) in flight at once: a server's
-# Redis connection pool holds 100 connections (redis-py's default), and an Open that
-# finds none free fails with UNAVAILABLE ("Too many connections").
-STORE_CALLS_AT_ONCE = 64
 PROGRESS_S = 5.0
 PROBE_PAUSE_S = 0.005
 CALM_S = 1.0
@@ -148,47 +144,6 @@ def paused(pids: Sequence[int]) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-class GatedOpens(loadgen.RnnstreamProtocol):
-    """``rnnstream`` with at most ``STORE_CALLS_AT_ONCE`` Opens and closes in flight."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.room: asyncio.Semaphore | None = None
-
-    async def prepare(self, channel: grpc.aio.Channel, spec: loadgen.LoadSpec) -> None:
-        """Look the model up; the gate belongs to the run's event loop."""
-        await super().prepare(channel, spec)
-        self.room = asyncio.Semaphore(STORE_CALLS_AT_ONCE)
-
-    def driver(self, channel: grpc.aio.Channel, spec: loadgen.LoadSpec, index: int) -> _Gated:
-        """A driver of one session, behind the gate."""
-        assert self.room is not None, "prepare() first"
-        return _Gated(super().driver(channel, spec, index), self.room)
-
-
-class _Gated(loadgen.StreamDriver):
-    def __init__(self, inner: loadgen.StreamDriver, room: asyncio.Semaphore) -> None:
-        self.inner = inner
-        self.room = room
-
-    async def open(self) -> None:
-        try:
-            async with self.room:
-                await self.inner.open()
-        finally:
-            self.call = getattr(self.inner, "call", None)
-
-    def request(self) -> object:
-        return self.inner.request()
-
-    def check(self, response: object) -> None:
-        self.inner.check(response)
-
-    async def close(self) -> None:
-        async with self.room:
-            await self.inner.close()
-
-
 def load(server: Replica, args: argparse.Namespace, label: str) -> loadgen.LoadResult:
     """One lock-step run against ``server``."""
     spec = loadgen.LoadSpec(
@@ -200,7 +155,7 @@ def load(server: Replica, args: argparse.Namespace, label: str) -> loadgen.LoadR
         server_pid=server.pid,
         label=label,
     )
-    return loadgen.run(spec, GatedOpens())
+    return loadgen.run(spec, loadgen.RnnstreamProtocol())
 
 
 async def watch_flush(server: Replica, redis_url: str, expected: int) -> Flush:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import cast
@@ -157,15 +158,10 @@ class RedisStore(SessionStore):
         check_writes(writes)
         lost: list[Lease] = []
         for chunk in chunks(writes):
-            now = time.time()
-            keys: list[str] = []
-            args: list[int | bytes] = []
-            for lease, stored in chunk:
-                keys += [_lease_key(lease.session_id), _entry_key(lease.session_id)]
-                args += [lease.token, encode_entry(stored, now), _ms(stored.record.idle_ttl_s)]
+            packed = pack_writes(chunk, time.time())
             with self._reaching():
-                written = await self._checkpoint_many(keys=keys, args=args)
-            lost += [lease for (lease, _), ok in zip(chunk, written, strict=True) if not ok]
+                positions = await self._checkpoint_many(keys=[], args=[PREFIX, packed])
+            lost += [chunk[int(position) - 1][0] for position in positions]
         return lost
 
     async def load(self, session_id: str) -> StoredSession | None:
@@ -238,6 +234,21 @@ def inbox_message(data: bytes) -> InboxMessage | None:
         pass
     log.warning("ignoring a malformed inbox message: %r", data[:100])
     return None
+
+
+_WRITE_HEADER = struct.Struct("<HHIQ")
+
+
+def pack_writes(writes: Sequence[tuple[Lease, StoredSession]], now: float) -> bytes:
+    """The chunk as ``CHECKPOINT_MANY`` reads it: each session's lengths, ttl and bytes."""
+    parts: list[bytes] = []
+    for lease, stored in writes:
+        session_id, token = lease.session_id.encode(), b"%d" % lease.token
+        entry = encode_entry(stored, now)
+        ttl_ms = _ms(stored.record.idle_ttl_s)
+        parts += [_WRITE_HEADER.pack(len(session_id), len(token), len(entry), ttl_ms)]
+        parts += [session_id, token, entry]
+    return b"".join(parts)
 
 
 def _lease_key(session_id: str) -> str:
