@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -311,14 +312,18 @@ def routing(report: Report) -> None:
 
 
 @contextlib.contextmanager
-def serving(device: str, logs: Path) -> Iterator[tuple[str, int]]:
+def serving(device: str, logs: Path, workers: int = 1) -> Iterator[tuple[str, int]]:
     """``rnnstream serve --device DEVICE`` on 127.0.0.1 and a free port: (address, pid)."""
     from bench.harness.processes import start, terminate
     from bench.harness.systems import System
 
     command = [sys.executable, "-m", "rnnstream.cli", "serve", "--device", device]
     command += ["--host", "127.0.0.1", "--port", "0", "--state-dir", "", "--max-sessions", "8192"]
-    running = start(System(f"rnnstream-{device}", command, startup_timeout_s=300.0), logs)
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    name = f"rnnstream-{device}" + (f"-w{workers}" if workers > 1 else "")
+    system = System(name, command, startup_timeout_s=300.0, workers=workers)
+    running = start(system, logs)
     try:
         yield running.address, running.pid
     finally:
@@ -363,13 +368,18 @@ def server_end_to_end(report: Report, sizes: Sizes, device: str) -> None:
     report.data[f"server_{device}"] = {**outcome, "log": lines}
 
 
-def server_benchmark(report: Report, sizes: Sizes, devices: list[str]) -> None:
+def server_benchmark(report: Report, sizes: Sizes, devices: list[str], workers: int) -> None:
     """``--device`` each of ``devices`` at each stream count; auto vs CPU ratios."""
-    report.section(f"Server benchmark, lock-step k=1, {sizes.clients} client processes")
+    report.section(
+        f"Server benchmark, {workers} worker(s), lock-step k=1, {sizes.clients} client processes"
+    )
     found: dict[str, dict[int, dict[str, Any]]] = {}
     for device in devices:
         found[device] = {}
-        with tempfile.TemporaryDirectory() as logs, serving(device, Path(logs)) as (addr, pid):
+        with (
+            tempfile.TemporaryDirectory() as logs,
+            serving(device, Path(logs), workers) as (addr, pid),
+        ):
             for streams in sizes.streams:
                 found[device][streams] = load(addr, pid, streams, sizes, sizes.clients)
     rows: list[list[object]] = []
@@ -381,7 +391,8 @@ def server_benchmark(report: Report, sizes: Sizes, devices: list[str]) -> None:
             ratio = f"{auto['msg_per_s'] / cpu['msg_per_s']:.2f}"
         rows.append([streams, *cells, ratio])
     report.table(["streams", *[f"{d} msg/s" for d in devices], "auto / cpu"], rows)
-    report.data["server_benchmark"] = found
+    key = "server_benchmark" if workers == 1 else f"server_benchmark_w{workers}"
+    report.data[key] = found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-server", action="store_true", help="skip the server parts")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load run")
     parser.add_argument("--clients", type=int, default=None, help="load-generator processes")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="server worker counts for the benchmark, comma-separated (default 1)",
+    )
     parser.add_argument(
         "--streams", default=None, help="stream counts, comma-separated (default 1,64,512,4096)"
     )
@@ -426,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         end_to_end = "cuda" if cuda else "cpu"
         parts += [
             ("server end to end", lambda: server_end_to_end(report, sizes, end_to_end)),
-            ("server benchmark", lambda: server_benchmark(report, sizes, devices)),
         ]
+        for count in (int(w) for w in args.workers.split(",")):
+            bench = functools.partial(server_benchmark, report, sizes, devices, count)
+            parts.append((f"server benchmark, {count} worker(s)", bench))
     failed = []
     for name, part in parts:
         began = time.monotonic()

@@ -162,9 +162,11 @@ class StepGraph:
         self._outputs = [OUTPUT_Y, OUTPUT_STATE]
         self._run_options = ort.RunOptions()  # one for all runs: a default per call costs
         on_cuda = self.provider == CUDA
-        # A CUDA graph replays fixed addresses: with graphs on, every run must be bucketed.
         if bucketed is None:
             bucketed = on_cuda and not chunked
+        if on_cuda and graphs and not bucketed:
+            # A CUDA graph replays the addresses it captured: only bound buffers may feed it.
+            raise ValueError("CUDA graphs run only through the bucketed buffers")
         self._buckets: BucketedRunner | None = None
         if bucketed and not chunked:
             self._buckets = BucketedRunner(
@@ -209,12 +211,14 @@ class StepGraph:
 
     def run(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """X [B, F] (or [B, T, F]), state [B, S] -> y [B, O] (or [B, T, O]), state_out [B, S]."""
+        if self._bind_single and x.shape[0] == 1 and x.ndim == state.ndim == 2:
+            return self._run_single(x, state)  # (a CPU graph: it has no router)
         if self._cpu is not None and self.router and self.router.side(len(x)) == CPU_SIDE:
             return self._cpu.run(x, state)
         return self._run_here(x, state)
 
     def _run_here(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run on this graph's own session (bucketed, bound or plain)."""
+        """Run on this graph's own session: through the bucket buffers, or plainly."""
         if self._buckets is not None and x.ndim == 2:
             return self._buckets.run(x, state)
         if self._bind_single and x.shape[0] == 1 and x.ndim == state.ndim == 2:

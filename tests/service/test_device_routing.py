@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnstream.manifest import Manifest
 from rnnstream.server.device_routing import (
     CPU_SIDE,
     CUDA_SIDE,
@@ -69,18 +68,19 @@ def test_measure_times_every_size_with_warm_up_calls() -> None:
 def test_a_routed_graph_sends_each_call_to_the_cheaper_side(tmp_path: Path):
     directory = tmp_path / "tiny"
     manifest = TINY.write(directory, "tiny", "1")
-    # Both sides are CPU sessions here; only which one runs is observed.
-    main = StepGraph(directory / "model.onnx", Manifest.load(directory), device="cpu")
+    # Both sides are CPU sessions here (the "CUDA" one on the bucketed path, as on CUDA);
+    # only which one runs is observed.
+    main = StepGraph(directory / "model.onnx", manifest, device="cpu", bucketed=True)
     cpu = StepGraph(directory / "model.onnx", manifest, device="cpu")
     ran: list[tuple[str, int]] = []
-    for name, graph in (("main", main), ("cpu", cpu)):
-        inner = graph._run_here
+    for name, graph, method in (("main", main, "_run_here"), ("cpu", cpu, "run")):
+        inner = getattr(graph, method)
 
         def spy(x, state, name=name, inner=inner):
             ran.append((name, len(x)))
             return inner(x, state)
 
-        graph._run_here = spy  # type: ignore[method-assign]
+        setattr(graph, method, spy)
     main.route_with(cpu, DeviceRouter(CPU_COSTS, CUDA_COSTS))
     at = crossovers(CPU_COSTS, CUDA_COSTS, 4096)[1][0]
     for rows in (1, at - 1, at, 4096):
