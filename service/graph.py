@@ -221,8 +221,6 @@ class StepGraph:
         """Run on this graph's own session: through the bucket buffers, or plainly."""
         if self._buckets is not None and x.ndim == 2:
             return self._buckets.run(x, state)
-        if self._bind_single and x.shape[0] == 1 and x.ndim == state.ndim == 2:
-            return self._run_single(x, state)
         y, state_out = self.session.run(
             self._outputs, {INPUT_X: x, INPUT_STATE: state}, self._run_options
         )

@@ -91,8 +91,23 @@ class BucketedRunner:
         self.session = session
 
     def run(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One step for ``n`` sessions; batches past the largest bucket run in slices of it."""
-        if len(x) <= self.largest:
+        """One step for ``n`` sessions; batches past the largest bucket run in slices of it.
+
+        ValueError for what onnxruntime would refuse: copying into the buffers must not
+        cast or broadcast it instead.
+        """
+        n = len(x)
+        if (x.dtype, state.dtype, x.shape, state.shape) != (
+            np.float32,
+            np.float32,
+            (n, self.n_features),
+            (n, self.state_size),
+        ):
+            raise ValueError(
+                f"x {x.dtype}{list(x.shape)} and state {state.dtype}{list(state.shape)} do not "
+                f"fit float32 [B, {self.n_features}] and [B, {self.state_size}]"
+            )
+        if n <= self.largest:
             return self._run_bucket(x, state)
         parts = [
             self._run_bucket(x[i : i + self.largest], state[i : i + self.largest])

@@ -90,3 +90,14 @@ def test_batches_past_the_largest_bucket_run_in_slices(tiny_dir: Path):
     np.testing.assert_allclose(y, want_y, atol=1e-6)
     np.testing.assert_allclose(state_out, want_state, atol=1e-6)
     assert sorted(runner.buckets) == [8]
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "state_shape", "dtype"),
+    [((3, 3), (3, 5), np.float32), ((3, 2), (2, 5), np.float32), ((3, 2), (3, 5), np.float64)],
+)
+def test_the_padded_path_refuses_what_onnxruntime_refuses(tiny_dir, x_shape, state_shape, dtype):
+    manifest = Manifest.load(tiny_dir)
+    padded = StepGraph(tiny_dir / "model.onnx", manifest, device="cpu", bucketed=True)
+    with pytest.raises(ValueError, match="do not fit"):
+        padded.run(np.zeros(x_shape, dtype), np.zeros(state_shape, dtype))
