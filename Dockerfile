@@ -1,15 +1,14 @@
 # rnnstream server image: [server] and [otel] only (no torch), non-root, gRPC health check.
 #   docker build -t rnnstream .                       # CPU (onnxruntime)
-#   docker build --target gpu -t rnnstream:gpu .      # NVIDIA GPU (onnxruntime-gpu, CUDA 12)
+#   docker build --target gpu -t rnnstream:gpu .      # NVIDIA GPU (onnxruntime-gpu, CUDA 13 pip libs)
 #   docker run -p 50051:50051 -v rnnstream-state:/var/lib/rnnstream rnnstream
 # Sessions are snapshotted at `docker stop` into the volume /var/lib/rnnstream and restored
 # by the next container on the same volume.
 #
 # Stage order: the default image is the last stage, which BuildKit builds with only the
 # stages it needs. The legacy builder (no BuildKit) builds every stage up to --target, so
-# `--target runtime` builds the CPU image without ever pulling the CUDA base.
+# the GPU stages come after runtime: `--target runtime` never installs onnxruntime-gpu.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 # ---- build: a self-contained virtual environment with the server installed
 FROM ${PYTHON_IMAGE} AS build
@@ -47,21 +46,25 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
 ENTRYPOINT ["rnnstream"]
 CMD ["serve"]
 
-# ---- gpu: CUDA runtime + cuDNN base, onnxruntime-gpu (serves on CPU if no GPU is visible)
-FROM ${CUDA_IMAGE} AS gpu
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+# ---- gpu: slim Python + onnxruntime-gpu with its CUDA and cuDNN pip libraries
+# No CUDA base image: the [server-gpu] extra installs onnxruntime-gpu's cuda and cudnn extras
+# (nvidia-*-cu13 wheels), which the server preloads at start, so the CUDA major is always
+# the one onnxruntime-gpu was built for (tests/test_dockerfile_cuda.py checks this against
+# onnxruntime-gpu's own metadata). The host needs only the NVIDIA driver and the container
+# toolkit (`docker run --gpus all`). This stage was not built where it was written (no
+# Docker daemon, no GPU); the default image's build is tested by tests/test_docker_image.py.
+FROM ${PYTHON_IMAGE} AS gpu-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rnnstream ./rnnstream
 COPY service ./service
 COPY export ./export
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[server-gpu,otel]" \
-    && rm -rf /src
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install ".[server-gpu,otel]"
+
+FROM ${PYTHON_IMAGE} AS gpu
+COPY --from=gpu-build /opt/venv /opt/venv
 COPY models /app/models
 RUN useradd --system --uid 10001 --home-dir /app rnnstream \
     && mkdir -p /var/lib/rnnstream \
@@ -69,12 +72,16 @@ RUN useradd --system --uid 10001 --home-dir /app rnnstream \
 # The state directory is a volume the non-root user owns: `docker stop` snapshots the
 # sessions there. ORT_DISABLE_TELEMETRY: onnxruntime's telemetry would persist a device id
 # under the user's home (not writable here) and warn at every start; the image turns it off.
+# NVIDIA_VISIBLE_DEVICES/NVIDIA_DRIVER_CAPABILITIES: what the container toolkit mounts (a
+# CUDA base image sets them; a slim one must).
 ENV PATH=/opt/venv/bin:$PATH \
     RNNSTREAM_MODELS=/app/models \
     RNNSTREAM_STATE_DIR=/var/lib/rnnstream \
     RNNSTREAM_DEVICE=auto \
     ORT_DISABLE_TELEMETRY=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 VOLUME /var/lib/rnnstream
 USER 10001
 WORKDIR /app

@@ -5,7 +5,8 @@
 #                and pytest
 #   make proto   regenerate rnnstream/v1 from proto/ (committed; a test fails when stale)
 #   make bench   run the benchmark harness (see bench/ and docs/benchmarks.md)
-# GPU users: `make serve GPU=1` installs onnxruntime-gpu instead of onnxruntime.
+# GPU users: `make serve GPU=1` installs onnxruntime-gpu with its CUDA 13 and cuDNN pip
+# libraries instead of onnxruntime (only the NVIDIA driver is needed on the host).
 
 PYTHON ?= python3
 VENV ?= .venv

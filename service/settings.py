@@ -43,7 +43,10 @@ class Settings:
     )
     device: str = field(
         default="auto",
-        metadata={"help": "auto (CUDA when it really loads, else CPU), cuda or cpu"},
+        metadata={
+            "help": "auto (CUDA when it really loads, each call on CPU or CUDA by the cost "
+            "measured at start; else CPU), cuda or cpu"
+        },
     )
     max_sessions: int = field(
         default=100_000,

@@ -55,15 +55,22 @@ def test_runtime_stage_is_non_root_with_healthcheck_and_no_torch():
     assert not any("torch" in line or "[train]" in line for line in build + runtime)
 
 
-def test_default_target_is_the_cpu_runtime_and_needs_no_cuda_base():
+def test_default_target_is_the_cpu_runtime_and_gpu_stages_come_after_it():
     # BuildKit builds the last stage by default; the legacy builder builds every stage up
-    # to --target, so no stage before runtime may start from the CUDA image.
+    # to --target, so the GPU stages (which install onnxruntime-gpu) come after runtime.
     stages = re.findall(r"^FROM (\S+) AS (\S+)", DOCKERFILE.read_text(), re.MULTILINE)
     names = [name for _, name in stages]
     assert stages[-1][0] == "runtime", "the last stage (the default image) must be FROM runtime"
-    cuda = [name for base, name in stages if "CUDA" in base]
-    assert cuda == ["gpu"]
+    assert names.index("gpu-build") > names.index("runtime")
     assert names.index("gpu") > names.index("runtime")
+
+
+def test_gpu_stage_is_non_root_with_healthcheck_and_the_gpu_venv():
+    gpu = stage("gpu")
+    assert instruction(gpu, "USER") == ["10001"]
+    assert "--from=gpu-build /opt/venv /opt/venv" in instruction(gpu, "COPY")
+    assert any("rnnstream.server.healthcheck" in h for h in instruction(gpu, "HEALTHCHECK"))
+    assert any('".[server-gpu]"' in run for run in instruction(stage("gpu-build"), "RUN"))
 
 
 @pytest.mark.parametrize("name", ["runtime", "gpu"])
