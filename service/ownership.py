@@ -277,10 +277,16 @@ class Ownership:
             log.warning("could not release session %s: %s", lease.session_id, exc)
 
     async def release_all(self) -> int:
-        """Give every held lease up (at drain); how many were held."""
+        """Give every held lease up (at drain), a chunk per store call; how many were held.
+
+        Best effort: leases the store could not be told about end with this process's
+        heartbeat, at most one TTL later.
+        """
         leases = list(self._leases.values())
         self._leases.clear()
         self._unconfirmed.clear()
-        for start in range(0, len(leases), 256):
-            await asyncio.gather(*(self.release(lease) for lease in leases[start : start + 256]))
+        try:
+            await self.store.release_many(leases)
+        except StoreUnavailable as exc:
+            log.warning("could not release %d leases: %s", len(leases), exc)
         return len(leases)

@@ -24,7 +24,7 @@ token), with a token greater than every token ever issued for it, and returns a 
 otherwise it returns the ``Holder``. A lease's record is kept ``ttl_s`` (long: it only
 bounds how long a dead owner's records stay); ``renew(leases, ttl_s)`` checks many in one
 round trip, keeps their records longer and reports those lost. ``release(lease)`` gives
-it up if its token is still the live one.
+it up if its token is still the live one; ``release_many(leases)`` gives many up (a drain).
 
 Every write is conditional on the writer's token. ``checkpoint(lease, stored)`` and
 ``checkpoint_many([(lease, stored), ...])`` compare each lease with the live one and

@@ -84,6 +84,13 @@ class SessionStore(abc.ABC):
         A process that asked for the session gets ``Released``.
         """
 
+    @abc.abstractmethod
+    async def release_many(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Give many leases up in one round trip per chunk; returns those already lost.
+
+        Each process that asked for one of the sessions gets ``Released``.
+        """
+
     async def checkpoint(self, lease: Lease, stored: StoredSession) -> None:
         """Write one session under its lease; raises LeaseLost (nothing written) if lost."""
         if await self.checkpoint_many([(lease, stored)]):

@@ -264,6 +264,19 @@ class LocalStore(SessionStore):
 
         return await self._run(release)
 
+    async def release_many(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Delete many lease rows, one transaction per chunk (see SessionStore.release_many)."""
+
+        def release(chunk: Sequence[Lease], conn: sqlite3.Connection) -> list[Lease]:
+            now = time.time()
+            with self._writing(conn) as bells:
+                return [lease for lease in chunk if not _drop_lease(conn, bells, lease, now)]
+
+        lost: list[Lease] = []
+        for chunk in chunks(leases):
+            lost += await self._run(functools.partial(release, chunk))
+        return lost
+
     async def delete(self, lease: Lease) -> None:
         """Delete the entry and the lease if the token is live."""
 

@@ -125,6 +125,35 @@ return 1
 """
 )
 
+# No KEYS. ARGV: key prefix, inbox prefix, then the chunk packed as per session the u16
+# length of its id and u16 of its token's text, then both (``redis_store.pack_releases``).
+# Deletes each lease whose token matches and tells its asker, if any; returns the
+# (1-based) positions of the leases that were already lost.
+RELEASE_MANY = (
+    _NOTIFY
+    + """
+local prefix, inbox, packed = ARGV[1], ARGV[2], ARGV[3]
+local lost, at, n = {}, 1, 0
+while at <= #packed do
+  local id_len, token_len
+  id_len, token_len, at = struct.unpack('<I2I2', packed, at)
+  local id = string.sub(packed, at, at + id_len - 1)
+  local token = string.sub(packed, at + id_len, at + id_len + token_len - 1)
+  at = at + id_len + token_len
+  n = n + 1
+  local lease = prefix .. 'lease:' .. id
+  if redis.call('HGET', lease, 'token') == token then
+    local asker = redis.call('HGET', lease, 'asker')
+    redis.call('DEL', lease)
+    if asker then notify(inbox, asker, {kind = 'released', session_id = id}) end
+  else
+    lost[#lost + 1] = n
+  end
+end
+return lost
+"""
+)
+
 # KEYS: lease, entry, token counter. ARGV: token, entry bytes, entry ttl_ms, new owner,
 # lease record ttl_ms, inbox prefix, session id. When the token is live: writes the entry, gives
 # the lease to the new owner under a new token, sends it the grant (with the entry) and

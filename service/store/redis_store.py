@@ -82,6 +82,7 @@ class RedisStore(SessionStore):
         self._renew_many = register(redis_scripts.RENEW_MANY)
         self._checkpoint_many = register(redis_scripts.CHECKPOINT_MANY)
         self._release = register(redis_scripts.RELEASE)
+        self._release_many = register(redis_scripts.RELEASE_MANY)
         self._hand_over = register(redis_scripts.HAND_OVER)
 
     @contextlib.contextmanager
@@ -141,6 +142,17 @@ class RedisStore(SessionStore):
     async def release(self, lease: Lease) -> bool:
         """Delete the lease if its token is live and announce it."""
         return await self._release_keys(lease, [_lease_key(lease.session_id)])
+
+    async def release_many(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Release many leases, one script call per chunk (see SessionStore.release_many)."""
+        lost: list[Lease] = []
+        for chunk in chunks(leases):
+            with self._reaching():
+                positions = await self._release_many(
+                    keys=[], args=[PREFIX, INBOX, pack_releases(chunk)]
+                )
+            lost += [chunk[int(position) - 1] for position in positions]
+        return lost
 
     async def delete(self, lease: Lease) -> None:
         """Delete the entry and the lease if the token is live and announce it."""
@@ -248,6 +260,18 @@ def pack_writes(writes: Sequence[tuple[Lease, StoredSession]], now: float) -> by
         ttl_ms = _ms(stored.record.idle_ttl_s)
         parts += [_WRITE_HEADER.pack(len(session_id), len(token), len(entry), ttl_ms)]
         parts += [session_id, token, entry]
+    return b"".join(parts)
+
+
+_RELEASE_HEADER = struct.Struct("<HH")
+
+
+def pack_releases(leases: Sequence[Lease]) -> bytes:
+    """The chunk as ``RELEASE_MANY`` reads it: each lease's lengths, id and token."""
+    parts: list[bytes] = []
+    for lease in leases:
+        session_id, token = lease.session_id.encode(), b"%d" % lease.token
+        parts += [_RELEASE_HEADER.pack(len(session_id), len(token)), session_id, token]
     return b"".join(parts)
 
 

@@ -262,6 +262,26 @@ def test_only_an_ask_sends_a_request_and_a_hand_over_releases_the_other_asker(
     run(backend, test)
 
 
+def test_release_many_gives_up_the_live_leases_and_tells_their_askers(backend: Backend) -> None:
+    async def test(store: SessionStore) -> None:
+        async with store.inbox("B") as to_b:
+            leases = [await take(store, f"s{i}", "A", ttl_s=0.2) for i in range(5)]
+            await store.heartbeat("B", 30.0)
+            assert isinstance(await store.acquire("s1", "B", RECORD_TTL_S, ask=True), Holder)
+            await asyncio.sleep(0.3)  # A lapses; C takes s3 meanwhile
+            taken = await take(store, "s3", "C")
+            await store.heartbeat("A", 30.0)
+            assert await store.release_many(leases) == [leases[3]]
+            assert await anext(to_b) == Released("s1")
+            for i in (0, 1, 2, 4):  # free now, and A is alive: released, not lapsed
+                assert isinstance(await store.acquire(f"s{i}", "B", RECORD_TTL_S), Lease)
+            held = await store.acquire("s3", "B", RECORD_TTL_S)
+            assert isinstance(held, Holder) and held.owner == "C"
+            assert await store.release_many([taken]) == []
+
+    run(backend, test)
+
+
 def test_a_corrupt_entry_raises_store_entry_error(backend: Backend) -> None:
     async def test(store: SessionStore) -> None:
         lease = await take(store, "s", "A")
