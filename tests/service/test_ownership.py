@@ -212,7 +212,14 @@ def test_a_session_moves_between_live_managers_in_one_hand_over(tiny_models: Pat
             first = await a.steps(on_a, 0, x[:4])
             on_b = await b.open("tiny", "", SID, None, None)
             assert on_b.next_step == 4 and on_b.durable_step == 4
-            assert a.find(SID) is None  # A forgot it, its lease given to B
+            # A gave its lease away before the grant reached B (no step of A applies from
+            # then); dropping the session object is A's next step once its store call returns.
+            assert a.ownership is not None and a.ownership.lease(SID) is None
+            for _ in range(500):
+                if a.find(SID) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.find(SID) is None
             moved = await b.steps(on_b, 4, x[4:])
             # The same steps in one manager that never moved the session.
             alone = await _manager(tiny_models, tmp_path / "alone.sqlite3", ttl_s=5.0)
