@@ -99,11 +99,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="steps ahead to forecast (default 1; msft-vol: days of future volatility, default 5)",
     )
+    what.add_argument(
+        "--residual",
+        action="store_true",
+        help="the network predicts the change from the target's current reading (an input "
+        "column), added back inside the graph, which still outputs the reading itself",
+    )
     how = p.add_argument_group("how to train")
     how.add_argument(
         "--epochs", type=int, default=20, metavar="N", help="max passes over the training windows"
     )
     how.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    how.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate over the epochs: constant, or cosine from --lr down to 0 "
+        "at the last epoch (default constant)",
+    )
     how.add_argument(
         "--batch-size", type=int, default=32, metavar="N", help="windows per batch (default 32)"
     )
@@ -178,6 +191,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(needs --plots; only --cell is exported)",
     )
     out.add_argument(
+        "--no-classical-baseline",
+        dest="classical_baseline",
+        action="store_false",
+        help="skip the classical baseline (seasonal ARIMA for temperature, GARCH(1,1) for "
+        "volatility): its fit takes up to a minute; persistence and the seasonal naive "
+        "are still scored",
+    )
+    out.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar, no table (warnings still go to stderr)",
@@ -201,7 +222,11 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
         "--hidden",
         str(args.hidden),
     ]
+    if args.residual:
+        parts.append("--residual")
     parts += ["--layers", str(args.layers), "--epochs", str(args.epochs), "--lr", repr(args.lr)]
+    if args.lr_schedule != "constant":
+        parts += ["--lr-schedule", args.lr_schedule]
     parts += [
         "--batch-size",
         str(args.batch_size),
@@ -228,6 +253,8 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
     parts += ["--version", args.version, "--out", str(args.out)]
     if args.plots is not None:
         parts += ["--plots", str(args.plots)]
+    if not args.classical_baseline:
+        parts.append("--no-classical-baseline")
     return shlex.join(parts)
 
 
@@ -266,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
                 tbptt=args.tbptt,
                 clip=args.clip,
                 patience=args.patience,
+                schedule=args.lr_schedule,
                 seed=args.seed,
                 device=args.device,
             ),
@@ -278,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             command=reproduce_command(args, window, horizon),
             compare_cells=args.compare_cells,
+            residual=args.residual,
+            classical_baseline=args.classical_baseline,
         )
         report = pipeline.run(spec, sys.stdout)
     except (DataError, ParityError, ValueError) as exc:

@@ -36,6 +36,8 @@ from tqdm import tqdm
 from rnnstream.export.data import Series, Split, Stats, fit_stats, sequence_windows
 from rnnstream.export.model import ModelConfig, SequenceModel
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class TrainConfig:
@@ -49,6 +51,7 @@ class TrainConfig:
     tbptt: int = 0  # K: truncate BPTT every K steps; 0: full BPTT over the window
     clip: float = 1.0  # max global gradient norm; 0: no clipping
     patience: int = 5  # epochs without validation improvement before stopping; 0: never stop
+    schedule: str = "constant"  # learning rate over the epochs: constant | cosine (lr -> 0)
     seed: int = 0
     device: str = "cpu"
 
@@ -62,6 +65,7 @@ class TrainConfig:
             "tbptt": self.tbptt >= 0,
             "clip": self.clip >= 0,
             "patience": self.patience >= 0,
+            "schedule": self.schedule in LR_SCHEDULES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -233,9 +237,11 @@ def _train_batch(
             continue
         y_hat, state, _ = model.forward_normalized(xc, state)  # [B, K, O]
         if many_to_one:
-            loss = torch.mean((y_hat[:, -1] - model.normalize_y(yb[:, -1])) ** 2)  # [B, O]
+            target = model.normalize_y(yb[:, -1], xb[:, -1])  # [B, O]
+            loss = torch.mean((y_hat[:, -1] - target) ** 2)
         else:
-            loss = torch.mean((y_hat - model.normalize_y(yb[:, start : start + chunk])) ** 2)
+            target = model.normalize_y(yb[:, start : start + chunk], xc)  # [B, K, O]
+            loss = torch.mean((y_hat - target) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
@@ -260,7 +266,7 @@ def train(
 ) -> TrainResult:
     """Fit a model on the training part, select the epoch on the validation part."""
     many_to_one = not series.return_sequences
-    stats = fit_stats(series, split)
+    stats = fit_stats(series, split, model_config.residual)
     with deterministic(cfg.seed) as gen:
         device = torch.device(cfg.device)
         model = SequenceModel(model_config, stats).to(device)
@@ -270,6 +276,11 @@ def train(
         )  # [N, W, F], [N, W, O]
         x_train, y_train = torch.from_numpy(xw).to(device), torch.from_numpy(yw).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+            if cfg.schedule == "cosine"
+            else None
+        )
         history = History()
         best_state = copy.deepcopy(model.state_dict())
         best_val = math.inf
@@ -283,6 +294,8 @@ def train(
                 for xb, yb in _batches(x_train, y_train, cfg.batch_size, gen)
             ]
             history.record_gradients(norms, cfg.clip)
+            if scheduler is not None:
+                scheduler.step()
             val = normalized_mse(model, predict(model, series, split.val, cfg.window))
             history.train_loss.append(float(np.mean(losses)))
             history.val_loss.append(val)
