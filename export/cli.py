@@ -136,6 +136,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="steps between window starts (0: W/4, or 1 for msft-vol)",
     )
     how.add_argument(
+        "--level-shift",
+        type=float,
+        default=0.0,
+        metavar="STD",
+        help="add one random offset (normal, STD in the target's units) per training window to "
+        "the target and to its current reading: the same dynamics at another level, so the "
+        "forecast does not hang on the absolute level (default 0: off)",
+    )
+    how.add_argument(
         "--tbptt",
         type=int,
         default=0,
@@ -227,6 +236,8 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
     parts += ["--layers", str(args.layers), "--epochs", str(args.epochs), "--lr", repr(args.lr)]
     if args.lr_schedule != "constant":
         parts += ["--lr-schedule", args.lr_schedule]
+    if args.level_shift:
+        parts += ["--level-shift", repr(args.level_shift)]
     parts += [
         "--batch-size",
         str(args.batch_size),
@@ -294,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 clip=args.clip,
                 patience=args.patience,
                 schedule=args.lr_schedule,
+                level_shift=args.level_shift,
                 seed=args.seed,
                 device=args.device,
             ),

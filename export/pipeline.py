@@ -147,10 +147,10 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         seed=spec.train.seed,
     )
     split = datasets.time_split(len(series), gap=series.horizon)  # no target crosses a part
-    if spec.residual and series.target_feature is None:
+    if (spec.residual or spec.train.level_shift) and series.target_feature is None:
         raise ValueError(
-            f"--residual needs the target among the inputs; {series.name} has none of "
-            f"{series.output_names} in {series.feature_names}"
+            f"--residual and --level-shift need the target among the inputs; {series.name} "
+            f"has none of {series.output_names} in {series.feature_names}"
         )
     config = ModelConfig(
         cell=spec.cell,

@@ -52,6 +52,7 @@ class TrainConfig:
     clip: float = 1.0  # max global gradient norm; 0: no clipping
     patience: int = 5  # epochs without validation improvement before stopping; 0: never stop
     schedule: str = "constant"  # learning rate over the epochs: constant | cosine (lr -> 0)
+    level_shift: float = 0.0  # std of a random offset added to each window's level; 0: none
     seed: int = 0
     device: str = "cpu"
 
@@ -66,6 +67,7 @@ class TrainConfig:
             "clip": self.clip >= 0,
             "patience": self.patience >= 0,
             "schedule": self.schedule in LR_SCHEDULES,
+            "level_shift": self.level_shift >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -211,6 +213,32 @@ def _batches(
         yield x[idx], y[idx]
 
 
+def _shifted(
+    batches: Iterator[tuple[Tensor, Tensor]],
+    column: int | None,
+    std: float,
+    gen: np.random.Generator,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shift each window's level: one random offset to the target and to input ``column``.
+
+    The offset is normal with ``std`` raw units, one per window; ``column`` holds the
+    target's current value, so the window shows the same dynamics at another level. That
+    teaches a forecast that does not hang on the absolute level, which another place or
+    season does not share. ``std = 0`` passes the batches through untouched.
+    """
+    if std <= 0:
+        yield from batches
+        return
+    if column is None:
+        raise ValueError("--level-shift needs the target among the inputs")
+    for xb, yb in batches:
+        offset = torch.from_numpy(gen.normal(0.0, std, (len(xb), 1, 1)).astype(np.float32))
+        offset = offset.to(xb.device)  # [B, 1, 1]
+        xb = xb.clone()
+        xb[..., column : column + 1] += offset
+        yield xb, yb + offset
+
+
 def _train_batch(
     model: SequenceModel,
     optimizer: torch.optim.Optimizer,
@@ -291,7 +319,12 @@ def train(
             norms: list[float] = []
             losses = [
                 _train_batch(model, optimizer, xb, yb, cfg, many_to_one, norms)
-                for xb, yb in _batches(x_train, y_train, cfg.batch_size, gen)
+                for xb, yb in _shifted(
+                    _batches(x_train, y_train, cfg.batch_size, gen),
+                    series.target_feature,
+                    cfg.level_shift,
+                    gen,
+                )
             ]
             history.record_gradients(norms, cfg.clip)
             if scheduler is not None:

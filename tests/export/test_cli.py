@@ -197,6 +197,7 @@ def test_help_explains_bptt_truncation_and_clipping(capsys):
         "--no-classical-baseline",
         "--residual",
         "--lr-schedule",
+        "--level-shift",
         "backpropagation through time",
         "detached",
         "seattle-temp",
