@@ -226,5 +226,7 @@ def table(title: str, model_label: str, compared: dict[str, Any]) -> str:
         f"{title}, {compared['points']} one-step-ahead predictions",
         f"{'':<{width}}{'RMSE':>10}{'MAE':>10}{'model/it':>10}",
     ]
-    lines += [f"{label:<{width}}{r:>10.4f}{m:>10.4f}{ratio:>10}" for label, r, m, ratio in rows]
+    lines += [
+        f"{label:<{width}}{r:>10.4f}{m:>10.4f}{ratio:>10}".rstrip() for label, r, m, ratio in rows
+    ]
     return "\n".join(lines)

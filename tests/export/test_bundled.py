@@ -99,6 +99,11 @@ def test_msft_vol_beats_garch():
     assert compared["garch"]["rmse_ratio"] < 1.0
 
 
+def test_seattle_temp_beats_the_same_hour_yesterday_by_a_fifth():
+    compared = Manifest.load(MODELS / "seattle-temp" / "1").metrics["baselines"]
+    assert compared["seasonal_naive"]["rmse_ratio"] <= 0.8
+
+
 def test_seattle_temp_is_also_scored_on_san_francisco_which_it_never_saw():
     manifest = Manifest.load(MODELS / "seattle-temp" / "1")
     metrics, test = manifest.metrics, manifest.data["split"]["test"]
