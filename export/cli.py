@@ -23,8 +23,13 @@ sequence (max |diff| <= 1e-5); a model that fails is refused.
 
 Data is split by time: the first 70% trains, the next 10% picks the best epoch (early
 stopping), the last 20% is the test split that the final table reports, next to a naive
-baseline (persistence for forecasts; historical volatility for msft-vol). A model worse
-than its baseline is still written, with a warning on stderr and in the manifest.
+baseline (persistence for forecasts; historical volatility for msft-vol) and to what a
+forecaster tries first, scored on the same points one step ahead: persistence, the
+seasonal naive (the same hour yesterday for hourly data) and the classical model of the
+field fitted on the training part only (a seasonal ARIMA, or GARCH(1,1) for msft-vol;
+skip that fit with --no-classical-baseline). A model worse than its naive baseline, or
+than the strongest of the others, is still written, with a warning on stderr and in the
+manifest.
 
 How it learns: backpropagation through time (BPTT) unrolls the network over a window of
 --window steps and back-propagates the loss through every step. --tbptt K truncates it:
