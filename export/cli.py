@@ -23,8 +23,13 @@ sequence (max |diff| <= 1e-5); a model that fails is refused.
 
 Data is split by time: the first 70% trains, the next 10% picks the best epoch (early
 stopping), the last 20% is the test split that the final table reports, next to a naive
-baseline (persistence for forecasts; historical volatility for msft-vol). A model worse
-than its baseline is still written, with a warning on stderr and in the manifest.
+baseline (persistence for forecasts; historical volatility for msft-vol) and to what a
+forecaster tries first, scored on the same points one step ahead: persistence, the
+seasonal naive (the same hour yesterday for hourly data) and the classical model of the
+field fitted on the training part only (a seasonal ARIMA, or GARCH(1,1) for msft-vol;
+skip that fit with --no-classical-baseline). A model worse than its naive baseline, or
+than the strongest of the others, is still written, with a warning on stderr and in the
+manifest.
 
 How it learns: backpropagation through time (BPTT) unrolls the network over a window of
 --window steps and back-propagates the loss through every step. --tbptt K truncates it:
@@ -99,11 +104,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="steps ahead to forecast (default 1; msft-vol: days of future volatility, default 5)",
     )
+    what.add_argument(
+        "--residual",
+        action="store_true",
+        help="the network predicts the change from the target's current reading (an input "
+        "column), added back inside the graph, which still outputs the reading itself",
+    )
     how = p.add_argument_group("how to train")
     how.add_argument(
         "--epochs", type=int, default=20, metavar="N", help="max passes over the training windows"
     )
     how.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    how.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate over the epochs: constant, or cosine from --lr down to 0 "
+        "at the last epoch (default constant)",
+    )
     how.add_argument(
         "--batch-size", type=int, default=32, metavar="N", help="windows per batch (default 32)"
     )
@@ -121,6 +139,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="steps between window starts (0: W/4, or 1 for msft-vol)",
+    )
+    how.add_argument(
+        "--level-shift",
+        type=float,
+        default=0.0,
+        metavar="STD",
+        help="add one random offset (normal, STD in the target's units) per training window to "
+        "the target and to its current reading: the same dynamics at another level, so the "
+        "forecast does not hang on the absolute level (default 0: off)",
     )
     how.add_argument(
         "--tbptt",
@@ -178,6 +205,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(needs --plots; only --cell is exported)",
     )
     out.add_argument(
+        "--no-classical-baseline",
+        dest="classical_baseline",
+        action="store_false",
+        help="skip the classical baseline (seasonal ARIMA for temperature, GARCH(1,1) for "
+        "volatility): its fit takes up to a minute; persistence and the seasonal naive "
+        "are still scored",
+    )
+    out.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar, no table (warnings still go to stderr)",
@@ -201,7 +236,13 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
         "--hidden",
         str(args.hidden),
     ]
+    if args.residual:
+        parts.append("--residual")
     parts += ["--layers", str(args.layers), "--epochs", str(args.epochs), "--lr", repr(args.lr)]
+    if args.lr_schedule != "constant":
+        parts += ["--lr-schedule", args.lr_schedule]
+    if args.level_shift:
+        parts += ["--level-shift", repr(args.level_shift)]
     parts += [
         "--batch-size",
         str(args.batch_size),
@@ -228,6 +269,8 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
     parts += ["--version", args.version, "--out", str(args.out)]
     if args.plots is not None:
         parts += ["--plots", str(args.plots)]
+    if not args.classical_baseline:
+        parts.append("--no-classical-baseline")
     return shlex.join(parts)
 
 
@@ -266,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
                 tbptt=args.tbptt,
                 clip=args.clip,
                 patience=args.patience,
+                schedule=args.lr_schedule,
+                level_shift=args.level_shift,
                 seed=args.seed,
                 device=args.device,
             ),
@@ -278,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             command=reproduce_command(args, window, horizon),
             compare_cells=args.compare_cells,
+            residual=args.residual,
+            classical_baseline=args.classical_baseline,
         )
         report = pipeline.run(spec, sys.stdout)
     except (DataError, ParityError, ValueError) as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ class Series:
     index: list[str] = field(default_factory=list)  # a timestamp per aligned row, if known
     feature_recipe: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    season: int = 0  # rows per season (24 for hourly readings); 0: no seasonal baseline
+    target_feature: int | None = None  # the input column that holds the target's current value
+    classical: str = ""  # the classical baseline of the field: "sarima", "garch" or none
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -150,10 +153,16 @@ def time_split(n: int, fractions: Sequence[float] = SPLIT_FRACTIONS, gap: int = 
     )
 
 
-def fit_stats(series: Series, split: Split) -> Stats:
-    """Mean and standard deviation of inputs and targets over the training part only."""
+def fit_stats(series: Series, split: Split, residual: int | None = None) -> Stats:
+    """Mean and standard deviation of inputs and targets over the training part only.
+
+    With ``residual = i`` the target statistics are those of the change ``y - x[:, i]``,
+    which is what a residual model's head predicts.
+    """
     a, b = split.train
     x, y = series.x[a:b], series.y[a:b]
+    if residual is not None:
+        y = y - x[:, residual : residual + 1]
 
     def std(values: np.ndarray) -> np.ndarray:
         s = values.std(axis=0)
@@ -193,18 +202,18 @@ def package_file(package: str, *parts: str) -> Path:
     return path
 
 
-def load_seattle_temp(horizon: int = 1) -> Series:
-    """Hourly Seattle temperature, 2010 (8,759 readings, deg F) from ``vega_datasets``.
+def load_hourly_temperature(file: str, name: str, city: str, horizon: int = 1) -> Series:
+    """An hourly temperature series, 2010, deg F, from ``vega_datasets``' ``_data/FILE``.
 
     One feature (the reading), one output (the reading ``horizon`` hours later); the
-    baseline is persistence (the current reading).
+    baseline is persistence (the current reading); the season is a day (24 readings).
     """
-    frame = pd.read_csv(package_file("vega_datasets", "_data", "seattle-temps.csv"))
+    frame = pd.read_csv(package_file("vega_datasets", "_data", file))
     temp = frame["temp"].to_numpy(dtype=np.float32)
     n = len(temp) - horizon
     return Series(
-        name="seattle-temp",
-        source="vega_datasets package file _data/seattle-temps.csv (hourly, 2010)",
+        name=name,
+        source=f"vega_datasets package file _data/{file} (hourly, 2010)",
         x=temp[:n, None],
         y=temp[horizon:, None],
         baseline=temp[:n, None].copy(),
@@ -217,10 +226,26 @@ def load_seattle_temp(horizon: int = 1) -> Series:
         index=[str(d) for d in frame["date"].iloc[:n]],
         feature_recipe={"temp_f": "the hourly temperature reading in degrees Fahrenheit"},
         description=(
-            f"Hourly temperature in Seattle (deg F): send one reading per hour, get the "
+            f"Hourly temperature in {city} (deg F): send one reading per hour, get the "
             f"forecast for {horizon} hour(s) later at every step."
         ),
+        season=24,
+        target_feature=0,
+        classical="sarima",
     )
+
+
+def load_seattle_temp(horizon: int = 1) -> Series:
+    """Hourly Seattle temperature, 2010 (8,759 readings, deg F) from ``vega_datasets``."""
+    return load_hourly_temperature("seattle-temps.csv", "seattle-temp", "Seattle", horizon)
+
+
+def load_sf_temp(horizon: int = 1) -> Series:
+    """Hourly San Francisco temperature, 2010 (8,760 readings, deg F) from ``vega_datasets``.
+
+    Never trained on: the series the Seattle model is checked against as unseen data.
+    """
+    return load_hourly_temperature("sf-temps.csv", "sf-temp", "San Francisco", horizon)
 
 
 def read_msft_prices() -> pd.DataFrame:
@@ -278,6 +303,8 @@ def load_msft_vol(window: int = 20, horizon: int = 5) -> Series:
             f"(oldest first) of [log_return_pct, log_range_pct], get "
             f"sqrt(mean of the next {horizon} squared daily log returns) in percent."
         ),
+        season=5,  # a trading week; the seasonal naive repeats the last week's volatility
+        classical="garch",
     )
 
 
@@ -310,6 +337,9 @@ def load_synthetic(rows: int = SYNTHETIC_ROWS, horizon: int = 1, seed: int = 0) 
             "b": "cos(2 pi t/24) + noise",
         },
         description=f"Synthetic noisy sines: forecast a, {horizon} step(s) ahead.",
+        season=24,
+        target_feature=0,
+        classical="sarima",
     )
 
 
@@ -364,7 +394,26 @@ def load_csv(
         description=(
             f"Forecast {', '.join(targets)} {horizon} row(s) ahead from {', '.join(features)}."
         ),
+        season=_season(frame[stamp]) if stamp is not None else 0,
+        target_feature=(
+            features.index(targets[0]) if len(targets) == 1 and targets[0] in features else None
+        ),
+        classical="sarima" if len(targets) == 1 else "",
     )
+
+
+def _season(stamps: pd.Series) -> int:
+    """Rows per day for hourly time stamps (24), per week for daily ones (7), else 0."""
+    times = pd.to_datetime(stamps, errors="coerce")
+    steps = times.diff().dropna()
+    if times.isna().any() or steps.empty:
+        return 0
+    step = steps.median()
+    if step == pd.Timedelta(hours=1):
+        return 24
+    if step == pd.Timedelta(days=1):
+        return 7
+    return 0
 
 
 @dataclass(frozen=True)
@@ -413,6 +462,16 @@ def load(
             "nor an existing .csv file"
         )
     return load_csv(path, features, targets, horizon=horizon)
+
+
+# A series of the same kind that a dataset's model never trains on, to check it generalises.
+UNSEEN: dict[str, Callable[[int], Series]] = {"seattle-temp": load_sf_temp}
+
+
+def unseen_for(data: str, horizon: int) -> Series | None:
+    """The never-trained-on series for ``data`` (sf-temp for seattle-temp), or None."""
+    loader = UNSEEN.get(data)
+    return loader(horizon) if loader is not None else None
 
 
 def describe(series: Series, split: Split) -> dict[str, Any]:

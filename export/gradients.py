@@ -125,7 +125,8 @@ def gradient_norms(model: SequenceModel, x: np.ndarray, y: np.ndarray) -> np.nda
     model = model.eval()
     device = model.x_mean.device
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)  # [N, W, F]
-    target = model.normalize_y(torch.from_numpy(np.asarray(y[:, -1], dtype=np.float32)).to(device))
+    y_last = torch.from_numpy(np.asarray(y[:, -1], dtype=np.float32)).to(device)  # [N, O]
+    target = model.normalize_y(y_last, xt[:, -1])  # [N, O]
     with torch.enable_grad():
         state = model.zero_state(len(xt)).requires_grad_(True)  # h_0, [N, S]
         states = [state]

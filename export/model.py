@@ -6,7 +6,10 @@ Per layer and step (``x_t`` the layer input, ``h_{t-1}`` its previous state):
 - ``gru``:  gates ``r, z`` decide how much of ``h_{t-1}`` to reset and to keep
 - ``lstm``: a cell ``c_t`` with input/forget/output gates; the state is ``(h_t, c_t)``
 
-and the head reads the top layer: ``y_t = W_hy h_t + b_y``.
+and the head reads the top layer: ``y_t = W_hy h_t + b_y``. With ``residual = i`` the head
+predicts the *change* from input column ``i`` instead: ``y_t = x_t[i] + W_hy h_t + b_y``
+(for a forecast of the next reading of that same column, the network then only has to
+learn how much it moves; the graph still outputs the reading itself).
 
 Inputs are raw units: ``(x - x_mean) / x_std`` and ``y * y_std + y_mean`` are buffers inside
 the module, so the exported graph takes and returns raw values. The recurrent state is
@@ -41,10 +44,13 @@ class ModelConfig:
     n_outputs: int = 1  # O: outputs per step
     hidden_size: int = 32  # H: units per layer
     layers: int = 1  # L: stacked recurrent layers
+    residual: int | None = None  # input column the output is a change from; None: plain head
 
     def __post_init__(self) -> None:
         if self.cell not in CELL_TYPES:
             raise ValueError(f"cell is {self.cell!r}, expected one of {', '.join(CELL_TYPES)}")
+        if self.residual is not None and not 0 <= self.residual < self.n_features:
+            raise ValueError(f"residual column {self.residual} is not one of the inputs")
         for key in ("n_features", "n_outputs", "hidden_size", "layers"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -119,9 +125,14 @@ class SequenceModel(nn.Module):
         blocks = blocks.transpose(0, 1)  # [B, kL, H]
         return blocks.reshape(blocks.shape[0], self.state_size)  # [B, S]
 
-    def normalize_y(self, y: Tensor) -> Tensor:
-        """Raw targets -> the normalised units the head predicts (for the loss)."""
-        return (y - self.y_mean) / self.y_std
+    def base(self, x: Tensor) -> Tensor:
+        """What the head's output is added to: ``x[..., residual]`` ``[B, T, 1]``, or 0."""
+        r = self.config.residual
+        return x[..., r : r + 1] if r is not None else torch.zeros_like(x[..., :1])
+
+    def normalize_y(self, y: Tensor, x: Tensor) -> Tensor:
+        """Raw targets ``y`` at inputs ``x`` -> the normalised units the head predicts."""
+        return (y - self.base(x) - self.y_mean) / self.y_std
 
     def forward_normalized(
         self, x: Tensor, state: Tensor | None = None
@@ -140,7 +151,10 @@ class SequenceModel(nn.Module):
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Run ``x [B, T, F]`` in raw units; returns ``y [B, T, O]`` (raw) and ``state [B, S]``."""
         y, final, _ = self.forward_normalized(x, state)
-        return y * self.y_std + self.y_mean, final  # [B, T, O], [B, S]
+        y = y * self.y_std + self.y_mean  # [B, T, O]
+        if self.config.residual is not None:
+            y = y + self.base(x)
+        return y, final  # [B, T, O], [B, S]
 
     def n_parameters(self) -> int:
         """Trainable parameter count."""

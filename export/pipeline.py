@@ -1,4 +1,4 @@
-"""One training run end to end: data -> train -> score -> gradient flow -> export -> plots.
+"""One training run: data -> train -> score, baselines -> gradient flow -> export -> plots.
 
 On request (``compare_cells``) the same network is also trained with the other two cells,
 for the gradient-through-time comparison plot; only the requested cell is exported.
@@ -13,11 +13,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from rnnstream.export import baselines
 from rnnstream.export import data as datasets
 from rnnstream.export.gradients import GradientFlow, gradient_flow
 from rnnstream.export.model import CELL_TYPES, ModelConfig, SequenceModel
 from rnnstream.export.onnx import ARTIFACT_FILES, Parity, write_artifact
-from rnnstream.export.quality import baseline_warnings
+from rnnstream.export.quality import baseline_warnings, strongest_baseline_warnings
 from rnnstream.export.train import History, Predictions, TrainConfig, predict, score, train
 from rnnstream.manifest import Manifest
 
@@ -43,6 +44,8 @@ class RunSpec:
     quiet: bool = False
     command: str = ""
     compare_cells: bool = False  # also train the other cells, for the gradient comparison
+    residual: bool = False  # predict the change from the target's current reading
+    classical_baseline: bool = True  # also fit SARIMA / GARCH(1,1) as a baseline (slow)
 
 
 @dataclass
@@ -110,6 +113,28 @@ def epoch_table(history: History, clip: float) -> str:
     return "\n".join(lines)
 
 
+def _unseen(model: SequenceModel, spec: RunSpec, window: int) -> dict[str, Any]:
+    """The model on the test split of a series of its kind that it never saw.
+
+    Scored against that series' own baselines (the classical one fitted on that series'
+    training part); ``{}`` if the dataset has no such series.
+    """
+    unseen = datasets.unseen_for(spec.data, spec.horizon)
+    if unseen is None:
+        return {}
+    split = datasets.time_split(len(unseen), gap=unseen.horizon)
+    pred = predict(model, unseen, split.test, window)
+    found = baselines.baselines(unseen, split, classical=spec.classical_baseline)
+    return {
+        "data": unseen.name,
+        "source": unseen.source,
+        "split": "test",
+        "rows": {"start": split.test[0], "stop": split.test[1]},
+        **_rounded(score(pred)),
+        "baselines": baselines.compare(pred, found, unseen.season),
+    }
+
+
 def run(spec: RunSpec, log: TextIO) -> RunReport:
     """Train, score, export (verified) and plot; returns what was written."""
     started = time.perf_counter()
@@ -122,12 +147,18 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         seed=spec.train.seed,
     )
     split = datasets.time_split(len(series), gap=series.horizon)  # no target crosses a part
+    if (spec.residual or spec.train.level_shift) and series.target_feature is None:
+        raise ValueError(
+            f"--residual and --level-shift need the target among the inputs; {series.name} "
+            f"has none of {series.output_names} in {series.feature_names}"
+        )
     config = ModelConfig(
         cell=spec.cell,
         n_features=series.n_features,
         n_outputs=series.n_outputs,
         hidden_size=spec.hidden_size,
         layers=spec.layers,
+        residual=series.target_feature if spec.residual else None,
     )
     result = train(series, split, config, spec.train, quiet=spec.quiet)
     model = result.model.cpu()
@@ -145,11 +176,19 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
                 )
                 flows[cell] = gradient_flow(other.model.cpu(), series, split, window, tbptt)
     flow = flows[config.cell]
+    compared = baselines.compare(
+        test_pred,
+        baselines.baselines(series, split, classical=spec.classical_baseline),
+        series.season,
+    )
+    unseen = _unseen(model, spec, window)
     metrics: dict[str, Any] = {
         "split": "test",
         "baseline": series.baseline_name,
         **_rounded(test),
         "val": _rounded(score(val_pred)),
+        "baselines": compared,
+        **({"unseen": unseen} if unseen else {}),
         "memory_horizon": flow.memory_horizon(),
         "gradient_flow": flow.to_dict(),
     }
@@ -172,7 +211,10 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         feature_recipe=dict(series.feature_recipe),
         data=datasets.describe(series, split),
         metrics=metrics,
-        warnings=baseline_warnings(test, series.baseline_name, result.history),
+        warnings=[
+            *baseline_warnings(test, series.baseline_name, result.history),
+            *strongest_baseline_warnings(compared),
+        ],
         config={
             "model": config.to_dict(),
             "train": spec.train.to_dict(),
@@ -215,6 +257,11 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     if not spec.quiet:
         print(epoch_table(result.history, spec.train.clip), file=log)
         print(metrics_table(name, config.cell, series.baseline_name, test), file=log)
+        model_label = f"model ({config.cell.upper()})"
+        print(baselines.table(f"{name}: test split", model_label, compared), file=log)
+        if unseen:
+            title = f"{unseen['data']} (never trained on): its test split"
+            print(baselines.table(title, model_label, unseen["baselines"]), file=log)
         for cell, f in flows.items():
             print(f"{cell.upper()}: {f.describe()}", file=log)
         for file_name in ARTIFACT_FILES:

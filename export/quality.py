@@ -7,6 +7,8 @@ on stderr and the manifest's ``warnings`` records it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rnnstream.export.train import History
 
 
@@ -44,4 +46,21 @@ def baseline_warnings(test: dict[str, float], baseline: str, history: History) -
         f"split: RMSE {test['rmse']:.4g} vs {test['baseline_rmse']:.4g} (model / baseline "
         f"{test['rmse_ratio']:.3g}), MAE {test['mae']:.4g} vs {test['baseline_mae']:.4g}, "
         f"over {test['points']} predictions; it was exported anyway. {advice}"
+    ]
+
+
+def strongest_baseline_warnings(compared: dict[str, Any]) -> list[str]:
+    """One warning if the model's test RMSE is not below the strongest baseline's, else none.
+
+    ``compared`` is :func:`rnnstream.export.baselines.compare`'s result (persistence, the
+    seasonal naive, the classical model, scored on the model's points).
+    """
+    name = compared.get("strongest", "")
+    if name in ("", "persistence") or compared[name]["rmse_ratio"] < 1.0:
+        return []  # persistence is the naive baseline, which baseline_warnings covers
+    best = compared[name]
+    return [
+        f"the model is not better than the strongest baseline, {best['spec']}, on the "
+        f"held-out test split: RMSE {compared['model_rmse']:.4g} vs {best['rmse']:.4g} "
+        f"(model / baseline {best['rmse_ratio']:.3g}) over {compared['points']} predictions"
     ]

@@ -36,6 +36,8 @@ from tqdm import tqdm
 from rnnstream.export.data import Series, Split, Stats, fit_stats, sequence_windows
 from rnnstream.export.model import ModelConfig, SequenceModel
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class TrainConfig:
@@ -49,6 +51,8 @@ class TrainConfig:
     tbptt: int = 0  # K: truncate BPTT every K steps; 0: full BPTT over the window
     clip: float = 1.0  # max global gradient norm; 0: no clipping
     patience: int = 5  # epochs without validation improvement before stopping; 0: never stop
+    schedule: str = "constant"  # learning rate over the epochs: constant | cosine (lr -> 0)
+    level_shift: float = 0.0  # std of a random offset added to each window's level; 0: none
     seed: int = 0
     device: str = "cpu"
 
@@ -62,6 +66,8 @@ class TrainConfig:
             "tbptt": self.tbptt >= 0,
             "clip": self.clip >= 0,
             "patience": self.patience >= 0,
+            "schedule": self.schedule in LR_SCHEDULES,
+            "level_shift": self.level_shift >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -207,6 +213,32 @@ def _batches(
         yield x[idx], y[idx]
 
 
+def _shifted(
+    batches: Iterator[tuple[Tensor, Tensor]],
+    column: int | None,
+    std: float,
+    gen: np.random.Generator,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shift each window's level: one random offset to the target and to input ``column``.
+
+    The offset is normal with ``std`` raw units, one per window; ``column`` holds the
+    target's current value, so the window shows the same dynamics at another level. That
+    teaches a forecast that does not hang on the absolute level, which another place or
+    season does not share. ``std = 0`` passes the batches through untouched.
+    """
+    if std <= 0:
+        yield from batches
+        return
+    if column is None:
+        raise ValueError("--level-shift needs the target among the inputs")
+    for xb, yb in batches:
+        offset = torch.from_numpy(gen.normal(0.0, std, (len(xb), 1, 1)).astype(np.float32))
+        offset = offset.to(xb.device)  # [B, 1, 1]
+        xb = xb.clone()
+        xb[..., column : column + 1] += offset
+        yield xb, yb + offset
+
+
 def _train_batch(
     model: SequenceModel,
     optimizer: torch.optim.Optimizer,
@@ -233,9 +265,11 @@ def _train_batch(
             continue
         y_hat, state, _ = model.forward_normalized(xc, state)  # [B, K, O]
         if many_to_one:
-            loss = torch.mean((y_hat[:, -1] - model.normalize_y(yb[:, -1])) ** 2)  # [B, O]
+            target = model.normalize_y(yb[:, -1], xb[:, -1])  # [B, O]
+            loss = torch.mean((y_hat[:, -1] - target) ** 2)
         else:
-            loss = torch.mean((y_hat - model.normalize_y(yb[:, start : start + chunk])) ** 2)
+            target = model.normalize_y(yb[:, start : start + chunk], xc)  # [B, K, O]
+            loss = torch.mean((y_hat - target) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
@@ -260,7 +294,7 @@ def train(
 ) -> TrainResult:
     """Fit a model on the training part, select the epoch on the validation part."""
     many_to_one = not series.return_sequences
-    stats = fit_stats(series, split)
+    stats = fit_stats(series, split, model_config.residual)
     with deterministic(cfg.seed) as gen:
         device = torch.device(cfg.device)
         model = SequenceModel(model_config, stats).to(device)
@@ -270,6 +304,11 @@ def train(
         )  # [N, W, F], [N, W, O]
         x_train, y_train = torch.from_numpy(xw).to(device), torch.from_numpy(yw).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+            if cfg.schedule == "cosine"
+            else None
+        )
         history = History()
         best_state = copy.deepcopy(model.state_dict())
         best_val = math.inf
@@ -280,9 +319,16 @@ def train(
             norms: list[float] = []
             losses = [
                 _train_batch(model, optimizer, xb, yb, cfg, many_to_one, norms)
-                for xb, yb in _batches(x_train, y_train, cfg.batch_size, gen)
+                for xb, yb in _shifted(
+                    _batches(x_train, y_train, cfg.batch_size, gen),
+                    series.target_feature,
+                    cfg.level_shift,
+                    gen,
+                )
             ]
             history.record_gradients(norms, cfg.clip)
+            if scheduler is not None:
+                scheduler.step()
             val = normalized_mse(model, predict(model, series, split.val, cfg.window))
             history.train_loss.append(float(np.mean(losses)))
             history.val_loss.append(val)

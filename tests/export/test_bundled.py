@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from rnnstream.export import data
+from rnnstream.export.quality import strongest_baseline_warnings
 from rnnstream.manifest import Manifest, sha256_file
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -64,7 +65,55 @@ def test_recorded_metrics_beat_the_baseline(bundled):
     )
     assert metrics["rmse_ratio"] <= BUNDLED[manifest.name]
     assert metrics["rmse"] < metrics["baseline_rmse"]
-    assert manifest.warnings == []
+    # The only warning a bundled model may carry: a stronger baseline, named and measured.
+    assert manifest.warnings == strongest_baseline_warnings(metrics["baselines"])
+
+
+CLASSICAL = {
+    "seattle-temp": ("sarima", "SARIMA(2,0,1)(1,0,1,24)"),
+    "msft-vol": ("garch", "GARCH(1,1)"),
+}
+
+
+def test_every_bundled_model_is_compared_with_what_a_forecaster_tries_first(bundled):
+    _, manifest = bundled
+    compared = manifest.metrics["baselines"]
+    key, spec = CLASSICAL[manifest.name]
+    assert compared["classical"] == compared[key]["spec"] == spec
+    assert compared["season"] == (24 if manifest.name == "seattle-temp" else 5)
+    assert compared["points"] == manifest.metrics["points"]
+    assert compared["model_rmse"] == pytest.approx(manifest.metrics["rmse"], rel=1e-5)
+    for name in ("persistence", "seasonal_naive", key):
+        entry = compared[name]
+        assert entry["rmse_ratio"] == pytest.approx(
+            compared["model_rmse"] / entry["rmse"], rel=1e-4
+        )
+    strongest = min(
+        (k for k, v in compared.items() if isinstance(v, dict)), key=lambda k: compared[k]["rmse"]
+    )
+    assert compared["strongest"] == strongest
+
+
+def test_msft_vol_beats_garch():
+    compared = Manifest.load(MODELS / "msft-vol" / "1").metrics["baselines"]
+    assert compared["garch"]["rmse_ratio"] < 1.0
+
+
+def test_seattle_temp_beats_the_same_hour_yesterday_by_a_fifth():
+    compared = Manifest.load(MODELS / "seattle-temp" / "1").metrics["baselines"]
+    assert compared["seasonal_naive"]["rmse_ratio"] <= 0.8
+
+
+def test_seattle_temp_is_also_scored_on_san_francisco_which_it_never_saw():
+    manifest = Manifest.load(MODELS / "seattle-temp" / "1")
+    metrics, test = manifest.metrics, manifest.data["split"]["test"]
+    unseen = metrics["unseen"]
+    assert unseen["data"] == "sf-temp" and unseen["points"] == metrics["points"]
+    assert unseen["rows"] == {"start": test["start"], "stop": test["stop"]}  # same position
+    compared = unseen["baselines"]
+    assert compared["classical"] == "SARIMA(2,0,1)(1,0,1,24)" and compared["season"] == 24
+    assert compared["model_rmse"] == pytest.approx(unseen["rmse"], rel=1e-5)
+    assert unseen["rmse"] < compared["persistence"]["rmse"]
 
 
 def test_a_manifest_without_warnings_still_loads(bundled):
@@ -105,6 +154,12 @@ def test_the_graph_reproduces_the_recorded_test_metrics(bundled):
     baseline = float(np.sqrt(np.mean((series.baseline[rows] - series.y[rows]) ** 2)))
     assert rmse == pytest.approx(manifest.metrics["rmse"], rel=1e-3)
     assert baseline == pytest.approx(manifest.metrics["baseline_rmse"], rel=1e-4)
+    # The naive forecasts by hand: the latest known target, and the one a season earlier.
+    horizon, season = manifest.data["horizon"], manifest.metrics["baselines"]["season"]
+    lag = season * ((horizon - 1) // season + 1)
+    for name, back in (("persistence", horizon), ("seasonal_naive", lag)):
+        naive = float(np.sqrt(np.mean((series.y[rows - back] - series.y[rows]) ** 2)))
+        assert naive == pytest.approx(manifest.metrics["baselines"][name]["rmse"], rel=1e-4)
 
 
 def test_the_default_model_is_what_the_architecture_says():
@@ -118,4 +173,23 @@ def test_the_default_model_is_what_the_architecture_says():
 def test_a_manifest_without_warnings_is_written_without_the_key(bundled):
     """Older servers refuse unknown keys: a model with nothing to warn about stays loadable."""
     _, manifest = bundled
-    assert "warnings" not in manifest.to_dict()
+    assert ("warnings" in manifest.to_dict()) == bool(manifest.warnings)
+
+
+def test_the_readme_model_table_shows_the_recorded_numbers(bundled):
+    """Every RMSE in a bundled model's row of the README table is the manifest's."""
+    _, manifest = bundled
+    readme = (MODELS.parent / "README.md").read_text()
+    table = readme[readme.index("| model | input per step |") :]
+    table = table[: table.index("\n\n")]
+    rows = [line for line in table.splitlines() if line.startswith(f"| `{manifest.name}`")]
+    if manifest.name == "seattle-temp":
+        rows += [line for line in table.splitlines() if "San Francisco" in line]
+    compared = [manifest.metrics["baselines"]]
+    if "unseen" in manifest.metrics:
+        compared.append(manifest.metrics["unseen"]["baselines"])
+    assert len(rows) == len(compared)
+    for row, scores in zip(rows, compared, strict=True):
+        for name in [k for k, v in scores.items() if isinstance(v, dict)]:
+            assert f"{scores[name]['rmse']:.3f}" in row, (name, row)
+        assert f"{scores['model_rmse']:.3f}" in row

@@ -16,7 +16,9 @@ from rnnstream.export import cli as train_cli
 from rnnstream.manifest import Manifest, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = ["--data", "synthetic", "--hidden", "8", "--epochs", "2", "--window", "24", "--quiet"]
+# --no-classical-baseline: the seasonal ARIMA fit would take tens of seconds.
+QUICK = ["--data", "synthetic", "--hidden", "8", "--epochs", "2", "--window", "24"]
+QUICK += ["--no-classical-baseline", "--quiet"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -98,6 +100,7 @@ def test_train_runs_as_a_subprocess(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "persistence" in proc.stdout and "model / baseline" in proc.stdout
+    assert "seasonal naive (24)" in proc.stdout and "SARIMA" not in proc.stdout
     assert Manifest.load(out).cell == "rnn"
 
 
@@ -139,6 +142,10 @@ def test_train_on_a_csv(tmp_path: Path):
     )
     manifest = Manifest.load(out)
     assert manifest.feature_names == ["level", "rain"] and manifest.output_names == ["level_next_2"]
+    # Two steps ahead: persistence only (no time stamps, no season; no one-step ARIMA).
+    compared = manifest.metrics["baselines"]
+    assert [k for k, v in compared.items() if isinstance(v, dict)] == ["persistence"]
+    assert compared["persistence"]["rmse"] == pytest.approx(manifest.metrics["baseline_rmse"])
     assert "--features level,rain --targets level" in manifest.command
 
 
@@ -156,13 +163,20 @@ def test_a_model_worse_than_its_baseline_is_written_with_a_warning(tmp_path: Pat
     captured = capsys.readouterr()
     manifest = Manifest.load(out)
     assert manifest.metrics["rmse_ratio"] > 1
-    [warning] = manifest.warnings
+    warning, *others = manifest.warnings
     assert warning.startswith("the model is worse than the naive baseline (persistence)")
     assert f"RMSE {manifest.metrics['rmse']:.4g} vs {manifest.metrics['baseline_rmse']:.4g}" in (
         warning
     )
     assert "more --epochs" in warning
-    assert captured.err.strip() == f"rnnstream train: warning: {warning}"
+    # The classical model (ARIMA, no season without time stamps) is stronger still.
+    assert manifest.metrics["baselines"]["classical"] == "ARIMA(2,0,1)"
+    assert [w.split(",")[0] for w in others] == [
+        "the model is not better than the strongest baseline"
+    ]
+    assert captured.err.strip() == "\n".join(
+        f"rnnstream train: warning: {w}" for w in manifest.warnings
+    )
     assert "warning" not in captured.out
     # Every file written is named, and only those.
     wrote = [
@@ -180,6 +194,10 @@ def test_help_explains_bptt_truncation_and_clipping(capsys):
     for needle in (
         "--tbptt",
         "--clip",
+        "--no-classical-baseline",
+        "--residual",
+        "--lr-schedule",
+        "--level-shift",
         "backpropagation through time",
         "detached",
         "seattle-temp",

@@ -137,6 +137,7 @@ def test_a_written_model_is_rebuilt_from_its_graph(tmp_path: Path, cell: str):
 def test_diagnose_adds_two_keys_and_leaves_the_graph_alone(tmp_path: Path, capsys):
     out = tmp_path / "m" / "1"
     quick = ["--data", "synthetic", "--hidden", "4", "--epochs", "1", "--window", "12"]
+    quick.append("--no-classical-baseline")  # the seasonal ARIMA fit takes tens of seconds
     assert main(["train", *quick, "--quiet", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["metrics"]["memory_horizon"], manifest["metrics"]["gradient_flow"]
@@ -155,6 +156,7 @@ def test_diagnose_adds_two_keys_and_leaves_the_graph_alone(tmp_path: Path, capsy
 
 def test_compare_cells_plots_three_curves_and_needs_plots(tmp_path: Path, capsys):
     quick = ["--data", "synthetic", "--hidden", "4", "--epochs", "1", "--window", "12"]
+    quick.append("--no-classical-baseline")  # the seasonal ARIMA fit takes tens of seconds
     assert main(["train", *quick, "--out", str(tmp_path / "a"), "--compare-cells"]) == 1
     assert "--plots" in capsys.readouterr().err
     img = tmp_path / "img"

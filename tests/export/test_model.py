@@ -47,6 +47,29 @@ def test_raw_units_in_and_out():
     assert "x_mean" in model.state_dict()  # buffers travel with the weights
 
 
+def test_a_residual_model_outputs_the_reading_plus_the_change(tmp_path):
+    """``residual = 0``: the head predicts the change from input 0; the graph adds it back."""
+    from rnnstream.export.onnx import step_graph_bytes, verify
+
+    stats = Stats(
+        x_mean=np.array([50.0, 1.0], np.float32),
+        x_std=np.array([10.0, 2.0], np.float32),
+        y_mean=np.array([0.1], np.float32),  # of the change y - x[0]
+        y_std=np.array([0.5], np.float32),
+    )
+    model = SequenceModel(ModelConfig(cell="gru", n_features=2, hidden_size=4, residual=0), stats)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(2.0)
+        x = torch.tensor([[[60.0, 3.0], [61.5, -1.0]]])  # [1, 2, 2]
+        y, _ = model(x)
+    torch.testing.assert_close(y, x[..., :1] + 0.1 + 2.0 * 0.5)
+    torch.testing.assert_close(model.normalize_y(y, x), torch.full((1, 2, 1), 2.0))
+    assert verify(model.eval(), step_graph_bytes(model)).worst <= 1e-5
+    with pytest.raises(ValueError, match="residual"):
+        ModelConfig(n_features=1, residual=1)
+
+
 def test_sequence_equals_steps_in_torch():
     torch.manual_seed(0)
     model = SequenceModel(

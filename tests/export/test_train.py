@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,19 @@ def test_learns_to_beat_persistence_on_synthetic():
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="tbptt=-1"):
         TrainConfig(tbptt=-1)
+
+
+def test_level_shift_moves_a_window_and_its_targets_by_one_offset():
+    gen = np.random.default_rng(0)
+    x = torch.arange(24, dtype=torch.float32).reshape(2, 4, 3)  # [B, W, F]
+    y = x[..., 1:2] + 0.5  # the target: input column 1, half a unit later
+    [(xs, ys)] = list(training._shifted(iter([(x, y)]), 1, 10.0, gen))
+    offset = xs[..., 1:2] - x[..., 1:2]  # [B, W, 1]
+    assert float(offset.abs().min()) > 0
+    torch.testing.assert_close(offset, offset[:, :1].expand_as(offset))  # one per window
+    assert not torch.allclose(offset[0], offset[1])
+    torch.testing.assert_close(ys - y, offset)
+    torch.testing.assert_close(xs[..., [0, 2]], x[..., [0, 2]])  # other inputs untouched
+    assert list(training._shifted(iter([(x, y)]), None, 0.0, gen)) == [(x, y)]
+    with pytest.raises(ValueError, match="level-shift"):
+        list(training._shifted(iter([(x, y)]), None, 1.0, gen))
