@@ -69,8 +69,20 @@ system-deps:
 	  echo "the tests need: $$missing (Debian/Ubuntu: sudo apt-get install $$missing)" >&2; exit 1; \
 	fi
 
+# Without ARGS the suite runs as three pytest processes rather than one. The in-process
+# servers of hundreds of tests (grpc.aio servers and clients on many event loops and
+# threads) accumulate in one process, and the one process crashed with SIGSEGV in 3 of
+# about 6 full runs, always late in tests/service; every part alone has passed each time
+# (see docs/architecture.md, "Testing"). ARGS runs one pytest with those arguments.
+PYTEST_SERVICE_LATE := tests/service/test_[p-z]*
 pytest: $(VENV)/.installed-dev system-deps
+ifeq ($(strip $(ARGS)),)
+	$(BIN)/python -m pytest tests --ignore=tests/service
+	$(BIN)/python -m pytest tests/service --ignore-glob='$(PYTEST_SERVICE_LATE)'
+	$(BIN)/python -m pytest $(PYTEST_SERVICE_LATE)
+else
 	$(BIN)/python -m pytest $(ARGS)
+endif
 
 test: lint typecheck pytest
 
