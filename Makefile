@@ -72,7 +72,7 @@ system-deps:
 # Without ARGS the suite runs as three pytest processes rather than one. The in-process
 # servers of hundreds of tests (grpc.aio servers and clients on many event loops and
 # threads) accumulate in one process, and the one process crashed with SIGSEGV in 3 of
-# about 6 full runs, always late in tests/service; every part alone has passed each time
+# 5 runs that got that far, always late in tests/service; every part alone has passed each time
 # (see docs/architecture.md, "Testing"). ARGS runs one pytest with those arguments.
 PYTEST_SERVICE_LATE := tests/service/test_[p-z]*
 pytest: $(VENV)/.installed-dev system-deps
