@@ -34,7 +34,6 @@ import functools
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import onnxruntime as ort
 
 from rnnstream.manifest import Manifest
 from rnnstream.server import cuda_libs
+from rnnstream.server.device_routing import median_call_us
 from rnnstream.server.graph import CPU, CUDA, StepGraph, cuda_provider_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,6 @@ MODELS = ROOT / "models"
 MODEL = "seattle-temp"
 PARITY_TARGET = 1e-5
 
-Run = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -121,18 +120,6 @@ def load_graph(device: str, chunked: bool = False, **options: Any) -> tuple[Step
     name = manifest.sequence_onnx_file if chunked else manifest.onnx_file
     assert name, f"{MODEL} has no {'sequence' if chunked else 'step'} graph"
     return StepGraph(directory / name, manifest, device, chunked=chunked, **options), manifest
-
-
-def median_us(run: Run, x: np.ndarray, state: np.ndarray, repeats: int) -> float:
-    """Median microseconds of ``run(x, state)`` after two untimed calls."""
-    run(x, state)
-    run(x, state)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(x, state)
-        times.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(times)
 
 
 def inputs(rows: int, manifest: Manifest, steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +232,7 @@ def capture(report: Report, sizes: Sizes) -> None:
         start = time.perf_counter()
         graph.run(x, state)
         first = (time.perf_counter() - start) * 1e6
-        steady = median_us(graph.run, x, state, sizes.repeats)
+        steady = median_call_us(graph.run, x, state, sizes.repeats)
         rows.append([bucket, f"{first:,.0f}", f"{steady:,.1f}"])
         found[bucket] = {"first_us": first, "steady_us": steady}
     report.table(["bucket", "first call us (capture)", "steady us"], rows)
@@ -265,7 +252,7 @@ def step_costs(report: Report, sizes: Sizes, cuda: bool) -> None:
     for batch in sizes.batches:
         x, state = inputs(batch, manifest)
         for way, graph in ways.items():
-            found[way][batch] = median_us(graph.run, x, state, sizes.repeats)
+            found[way][batch] = median_call_us(graph.run, x, state, sizes.repeats)
     header = ["B sessions"] + [f"{way} us (M steps/s)" for way in ways]
     rows: list[list[object]] = []
     for batch in sizes.batches:
@@ -285,7 +272,7 @@ def chunk_costs(report: Report, sizes: Sizes, cuda: bool) -> None:
     for batch in sizes.chunk_batches:
         for way, (graph, manifest) in ways.items():
             x, state = inputs(batch, manifest, sizes.chunk_steps)
-            found[way][batch] = median_us(graph.run, x, state, max(3, sizes.repeats // 4))
+            found[way][batch] = median_call_us(graph.run, x, state, max(3, sizes.repeats // 4))
     report.table(
         ["B sessions", *[f"{w} us" for w in ways]],
         [[b, *[f"{found[w][b]:,.0f}" for w in ways]] for b in sizes.chunk_batches],

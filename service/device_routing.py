@@ -88,15 +88,25 @@ def measure(
         lead = (rows, steps) if steps else (rows,)
         x = np.zeros((*lead, n_features), np.float32)
         state = np.zeros((rows, state_size), np.float32)
-        run(x, state)
-        run(x, state)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x, state)
-            times.append((time.perf_counter() - start) * 1e6)
-        micros.append(statistics.median(times))
+        micros.append(median_call_us(run, x, state, repeats))
     return CostTable(tuple(sizes), tuple(micros))
+
+
+def median_call_us(
+    run: Callable[[np.ndarray, np.ndarray], object],
+    x: np.ndarray,
+    state: np.ndarray,
+    repeats: int,
+) -> float:
+    """Median microseconds of ``run(x, state)`` over ``repeats`` calls, after two untimed."""
+    run(x, state)
+    run(x, state)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x, state)
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
 
 
 @dataclass(frozen=True)
