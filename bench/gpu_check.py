@@ -57,7 +57,6 @@ MODEL = "seattle-temp"
 PARITY_TARGET = 1e-5
 
 
-
 @dataclass
 class Sizes:
     """How much the check does: the full run, or ``--quick`` for a smoke test on CPU."""
