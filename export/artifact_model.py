@@ -1,7 +1,8 @@
 """The torch network back out of a written artifact: ``model.onnx`` + ``manifest.json``.
 
 The step graph holds every weight as an initializer of its ``RNN``/``GRU``/``LSTM`` nodes
-(one per layer, in order) and of the head's ``MatMul``/``Add``; the manifest holds the
+(one per layer, in order) and of the head's ``MatMul``/``Add`` (with taps, a second
+``MatMul``: the autoregression over the delay line); the manifest holds the
 config and the normalisation statistics. ONNX orders the gates differently from torch
 (GRU ``z, r, h`` vs ``r, z, n``; LSTM ``i, o, f, c`` vs ``i, f, g, o``), so they are
 reordered here. The rebuilt model is checked against the graph with the exporter's own
@@ -52,10 +53,11 @@ def load_model(directory: Path) -> SequenceModel:
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     layers = [n for n in graph.node if n.op_type == RECURRENT_OPS[config.cell]]
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    if len(layers) != config.layers or len(matmuls) != 1:
+    heads = 2 if config.taps else 1  # the head on h, then the taps' autoregression
+    if len(layers) != config.layers or len(matmuls) != heads:
         raise ParityError(
             f"{directory}: expected {config.layers} {RECURRENT_OPS[config.cell]} node(s) and "
-            f"one head MatMul, found {len(layers)} and {len(matmuls)}"
+            f"{heads} head MatMul(s), found {len(layers)} and {len(matmuls)}"
         )
     h = config.hidden_size
     state = model.state_dict()
@@ -68,6 +70,8 @@ def load_model(directory: Path) -> SequenceModel:
         state[f"rnn.bias_hh_l{i}"] = torch.from_numpy(_reorder(b[half:], config.cell, h))
     state["head.weight"] = torch.from_numpy(weights[matmuls[0].input[1]].T.copy())  # [O, H]
     state["head.bias"] = torch.from_numpy(weights["model.head.bias"].copy())
+    if config.taps:
+        state["taps_head.weight"] = torch.from_numpy(weights[matmuls[1].input[1]].T.copy())
     model.load_state_dict(state)
     model.eval()
     parity = verify(model, onnx_bytes)

@@ -110,6 +110,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the network predicts the change from the target's current reading (an input "
         "column), added back inside the graph, which still outputs the reading itself",
     )
+    what.add_argument(
+        "--taps",
+        type=int,
+        default=0,
+        metavar="K",
+        help="keep the last K inputs exactly in the state (a delay line: a fixed shift "
+        "register beside the cell's state); the cell reads them with the current input and "
+        "the head adds a linear autoregression over them (default 0: none)",
+    )
     how = p.add_argument_group("how to train")
     how.add_argument(
         "--epochs", type=int, default=20, metavar="N", help="max passes over the training windows"
@@ -238,6 +247,8 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
     ]
     if args.residual:
         parts.append("--residual")
+    if args.taps:
+        parts += ["--taps", str(args.taps)]
     parts += ["--layers", str(args.layers), "--epochs", str(args.epochs), "--lr", repr(args.lr)]
     if args.lr_schedule != "constant":
         parts += ["--lr-schedule", args.lr_schedule]
@@ -292,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.hidden < 1 or args.layers < 1 or horizon < 1:
             raise ValueError("--hidden, --layers and --horizon must be positive")
+        if args.taps < 0:
+            raise ValueError("--taps must be 0 or positive")
         if args.compare_cells and args.plots is None:
             raise ValueError("--compare-cells draws a plot: give --plots DIR")
         spec = pipeline.RunSpec(
@@ -324,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
             command=reproduce_command(args, window, horizon),
             compare_cells=args.compare_cells,
             residual=args.residual,
+            taps=args.taps,
             classical_baseline=args.classical_baseline,
         )
         report = pipeline.run(spec, sys.stdout)

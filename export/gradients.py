@@ -133,11 +133,9 @@ def gradient_norms(model: SequenceModel, x: np.ndarray, y: np.ndarray) -> np.nda
         for t in range(xt.shape[1]):  # step by step, so every h_t is a node of the graph
             _, state, _ = model.forward_normalized(xt[:, t : t + 1], state)
             states.append(state)
-        # The prediction read from h_T itself (the top layer's h block), so that L_T depends
-        # on the last state node and the curve starts at k = 0.
-        unpacked = model.unpack_state(state)
-        top = (unpacked[0] if isinstance(unpacked, tuple) else unpacked)[-1]  # [N, H]
-        y_hat = model.head(top)  # [N, O]
+        # The prediction read from h_T itself (the top layer's h block, and the taps if
+        # any), so that L_T depends on the last state node and the curve starts at k = 0.
+        y_hat = model.readout(state)  # [N, O]
         loss = torch.mean((y_hat - target) ** 2, dim=1).sum()  # sum over windows of L_T
         grads = torch.autograd.grad(loss, states)  # W + 1 x [N, S]; grads[t] = dL_T/dh_t
     norms = torch.stack([g.norm(dim=1) for g in grads], dim=1)  # [N, W + 1], index t

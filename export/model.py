@@ -16,6 +16,18 @@ the module, so the exported graph takes and returns raw values. The recurrent st
 carried *flattened*, one row per sequence: ``state [B, S]`` with ``S = k * L * H`` (``k = 2``
 for the LSTM). A row is the concatenation over layers ``0..L-1`` of ``h``, then (LSTM only)
 over layers ``0..L-1`` of ``c``; each block is ``H`` wide.
+
+**Taps** (``taps = K > 0``): a delay line in the recurrent state. The state row then also
+carries the last ``K`` normalised inputs, ``S = k * L * H + K * F``: after the cell's
+blocks come ``K`` blocks of ``F``, oldest first, ``z_{t-K+1} .. z_t`` after step ``t``.
+Each step pushes ``z_t`` in and drops the oldest: in the theory's
+``h_t = f(W_xh x_t + W_hh h_{t-1})`` this is an RNN whose ``W_hh`` for those slots is a
+fixed, hand-set shift matrix (and ``W_xh`` a fixed copy into the newest slot), never
+trained. The cell's input at step ``t`` is the window ``[z_{t-K}, .., z_{t-1}, z_t]``
+(the ``K`` taps before the push and the current input), and the head adds a learned
+linear autoregression over the same window:
+``y_t = (residual path) + W_hy h_t + W_ay [z_{t-K} .. z_t] + b_y``. The network so keeps
+the inputs of the last ``K`` steps exactly, however it learns.
 """
 
 from __future__ import annotations
@@ -45,12 +57,15 @@ class ModelConfig:
     hidden_size: int = 32  # H: units per layer
     layers: int = 1  # L: stacked recurrent layers
     residual: int | None = None  # input column the output is a change from; None: plain head
+    taps: int = 0  # K: past inputs kept exactly in the state (a delay line); 0: none
 
     def __post_init__(self) -> None:
         if self.cell not in CELL_TYPES:
             raise ValueError(f"cell is {self.cell!r}, expected one of {', '.join(CELL_TYPES)}")
         if self.residual is not None and not 0 <= self.residual < self.n_features:
             raise ValueError(f"residual column {self.residual} is not one of the inputs")
+        if int(self.taps) < 0:
+            raise ValueError(f"taps must be 0 or a positive integer, got {self.taps}")
         for key in ("n_features", "n_outputs", "hidden_size", "layers"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -61,9 +76,19 @@ class ModelConfig:
         return (2 if self.cell == "lstm" else 1) * self.layers
 
     @property
-    def state_size(self) -> int:
-        """S, the width of a flattened state row."""
+    def cell_state_size(self) -> int:
+        """The cell's part of a state row: ``k * L * H``."""
         return self.state_blocks * self.hidden_size
+
+    @property
+    def state_size(self) -> int:
+        """S, the width of a flattened state row: the cell's part, then ``K * F`` taps."""
+        return self.cell_state_size + self.taps * self.n_features
+
+    @property
+    def cell_input_size(self) -> int:
+        """What the cell reads per step: ``x_t`` and, with taps, the ``K`` inputs before it."""
+        return (self.taps + 1) * self.n_features
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -78,12 +103,16 @@ class SequenceModel(nn.Module):
         self.config = config
         cell = CELL_TYPES[config.cell]
         self.rnn = cell(
-            input_size=config.n_features,
+            input_size=config.cell_input_size,
             hidden_size=config.hidden_size,
             num_layers=config.layers,
             batch_first=True,
         )
         self.head = nn.Linear(config.hidden_size, config.n_outputs)
+        # The learned autoregression over the taps' window; head's bias serves both.
+        self.taps_head = (
+            nn.Linear(config.cell_input_size, config.n_outputs, bias=False) if config.taps else None
+        )
         f, o = config.n_features, config.n_outputs
         self.x_mean: Tensor
         self.x_std: Tensor
@@ -111,7 +140,12 @@ class SequenceModel(nn.Module):
         return torch.zeros(batch, self.state_size, device=self.x_mean.device)
 
     def unpack_state(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """``[B, S]`` -> torch's layout: ``h [L, B, H]`` or, for the LSTM, ``(h, c)``."""
+        """``[B, S]`` -> torch's layout: ``h [L, B, H]`` or, for the LSTM, ``(h, c)``.
+
+        Only the cell's part of the row; the taps come after it (:meth:`taps_window`).
+        """
+        if self.config.taps:
+            state = state[:, : self.config.cell_state_size]
         blocks = state.reshape(-1, self.config.state_blocks, self.config.hidden_size)  # [B, kL, H]
         blocks = blocks.transpose(0, 1).contiguous()  # [kL, B, H]
         if self.config.cell == "lstm":
@@ -120,10 +154,43 @@ class SequenceModel(nn.Module):
         return blocks  # [L, B, H]
 
     def pack_state(self, state: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        """Torch's layout (``h [L, B, H]`` or ``(h, c)``) -> ``[B, S]``."""
+        """Torch's layout (``h [L, B, H]`` or ``(h, c)``) -> the cell's part of a row."""
         blocks = torch.cat(state, dim=0) if isinstance(state, tuple) else state  # [kL, B, H]
         blocks = blocks.transpose(0, 1)  # [B, kL, H]
-        return blocks.reshape(blocks.shape[0], self.state_size)  # [B, S]
+        return blocks.reshape(blocks.shape[0], self.config.cell_state_size)  # [B, kLH]
+
+    def taps_window(self, z: Tensor, state: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The delay line over a chunk: each step's window and the taps after the last step.
+
+        ``z [B, T, F]`` normalised inputs, ``state [B, S]``. Returns ``[B, T, (K+1)*F]``,
+        step ``t``'s ``[z_{t-K}, .., z_t]`` oldest first, and the new taps ``[B, K*F]``, the
+        last ``K`` inputs oldest first; ``z`` itself and None when ``K = 0``.
+        """
+        k, f = self.config.taps, self.config.n_features
+        if k == 0:
+            return z, None
+        taps = state[:, self.config.cell_state_size :].reshape(-1, k, f)  # [B, K, F]
+        history = torch.cat([taps, z], dim=1)  # [B, K + T, F]
+        # Slices with constant bounds (the end counted from the back), so the graph keeps T
+        # dynamic: lag j = K - i sits at history[:, i : i + T].
+        window = torch.cat([history[:, i : (i - k) or None] for i in range(k + 1)], dim=2)
+        return window, history[:, -k:].reshape(-1, k * f)  # [B, T, (K+1)*F], [B, K*F]
+
+    def readout(self, state: Tensor) -> Tensor:
+        """The normalised prediction read from a state row alone: ``[B, S]`` -> ``[B, O]``.
+
+        The head on the top layer's ``h`` plus, with taps, the autoregression over the
+        ``K`` inputs the row holds (the oldest lag of the window has left the row, so its
+        term is left out). Used to measure how the loss depends on each state.
+        """
+        unpacked = self.unpack_state(state)
+        top = (unpacked[0] if isinstance(unpacked, tuple) else unpacked)[-1]  # [B, H]
+        y = self.head(top)  # [B, O]
+        if self.taps_head is not None:
+            f = self.config.n_features
+            taps = state[:, self.config.cell_state_size :]  # [B, K*F]
+            y = y + taps @ self.taps_head.weight[:, f:].T  # [B, O]
+        return y
 
     def base(self, x: Tensor) -> Tensor:
         """What the head's output is added to: ``x[..., residual]`` ``[B, T, 1]``, or 0."""
@@ -145,8 +212,17 @@ class SequenceModel(nn.Module):
         if state is None:
             state = self.zero_state(x.shape[0])
         z = (x - self.x_mean) / self.x_std  # [B, T, F]
-        hidden, final = self.rnn(z, self.unpack_state(state))  # [B, T, H]
-        return self.head(hidden), self.pack_state(final), hidden  # [B, T, O], [B, S], [B, T, H]
+        window, taps = self.taps_window(z, state)  # [B, T, (K+1)*F], [B, K*F]
+        hidden, final = self.rnn(window, self.unpack_state(state))  # [B, T, H]
+        y = self.head(hidden)  # [B, T, O]
+        if self.taps_head is not None and taps is not None:
+            y = y + self.taps_head(window)
+            final_row = torch.cat([self.pack_state(final), taps], dim=1)
+            # A constant width, so the exported graph declares state_out [B, S].
+            final_row = final_row.reshape(z.shape[0], self.state_size)  # [B, S]
+        else:
+            final_row = self.pack_state(final)
+        return y, final_row, hidden  # [B, T, O], [B, S], [B, T, H]
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Run ``x [B, T, F]`` in raw units; returns ``y [B, T, O]`` (raw) and ``state [B, S]``."""

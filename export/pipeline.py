@@ -45,6 +45,7 @@ class RunSpec:
     command: str = ""
     compare_cells: bool = False  # also train the other cells, for the gradient comparison
     residual: bool = False  # predict the change from the target's current reading
+    taps: int = 0  # K: the last K inputs kept exactly in the state (a delay line)
     classical_baseline: bool = True  # also fit SARIMA / GARCH(1,1) as a baseline (slow)
 
 
@@ -65,13 +66,20 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: (v if isinstance(v, int) else float(f"{v:.6g}")) for k, v in values.items()}
 
 
-def _layout(cell: str, layers: int, hidden: int) -> str:
-    blocks = [f"h[layer {i}]" for i in range(layers)]
-    if cell == "lstm":
-        blocks += [f"c[layer {i}]" for i in range(layers)]
+def _layout(config: ModelConfig) -> str:
+    """The manifest's sentence on what each slot of a state row holds."""
+    blocks = [f"h[layer {i}]" for i in range(config.layers)]
+    if config.cell == "lstm":
+        blocks += [f"c[layer {i}]" for i in range(config.layers)]
+    hidden = config.hidden_size
+    text = f"State row layout (S={config.state_size}): " + ", ".join(blocks) + f", each {hidden} "
+    if not config.taps:
+        return text + "wide; initial state zeros."
+    k, f, start = config.taps, config.n_features, config.cell_state_size
     return (
-        f"State row layout (S={len(blocks) * hidden}): " + ", ".join(blocks) + f", each {hidden} "
-        "wide; initial state zeros."
+        text + f"wide; then slots {start}..{config.state_size - 1}: the taps, a delay line of the "
+        f"last {k} inputs (normalised, (x - mean) / std of the training part), oldest first, "
+        f"{f} wide each, the newest being the current step's input; initial state zeros."
     )
 
 
@@ -159,6 +167,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         hidden_size=spec.hidden_size,
         layers=spec.layers,
         residual=series.target_feature if spec.residual else None,
+        taps=spec.taps,
     )
     result = train(series, split, config, spec.train, quiet=spec.quiet)
     model = result.model.cpu()
@@ -201,13 +210,12 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         n_features=config.n_features,
         n_outputs=config.n_outputs,
         state_size=config.state_size,
+        taps=config.taps,
         feature_names=list(series.feature_names),
         output_names=list(series.output_names),
         task="forecast",
         return_sequences=series.return_sequences,
-        description=(
-            f"{series.description} {_layout(config.cell, config.layers, config.hidden_size)}"
-        ),
+        description=(f"{series.description} {_layout(config)}"),
         feature_recipe=dict(series.feature_recipe),
         data=datasets.describe(series, split),
         metrics=metrics,

@@ -41,9 +41,13 @@ class ManifestError(ValueError):
     """A manifest that is missing, unreadable or inconsistent; the message says what."""
 
 
-def state_size(cell: str, layers: int, hidden_size: int) -> int:
-    """Flattened state width: ``L * H`` for rnn and gru, ``2 * L * H`` for lstm (h, then c)."""
-    return (2 if cell == "lstm" else 1) * layers * hidden_size
+def state_size(cell: str, layers: int, hidden_size: int, taps: int = 0, n_features: int = 1) -> int:
+    """Flattened state width: ``L * H`` for rnn and gru, ``2 * L * H`` for lstm (h, then c).
+
+    A model with a delay line carries ``taps * n_features`` more: its last inputs, after the
+    cell's part.
+    """
+    return (2 if cell == "lstm" else 1) * layers * hidden_size + taps * n_features
 
 
 def sha256_file(path: Path) -> str:
@@ -105,6 +109,8 @@ class Manifest:
     # The exact command that produced the artifact.
     command: str = ""
     format_version: int = FORMAT_VERSION
+    # K: the last K inputs the state row keeps after the cell's part (a delay line); 0: none.
+    taps: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,7 +127,9 @@ class Manifest:
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{key} is {value!r}, expected a positive integer")
         if not problems:
-            expected = state_size(self.cell, self.layers, self.hidden_size)
+            expected = state_size(
+                self.cell, self.layers, self.hidden_size, self.taps, self.n_features
+            )
             if self.state_size != expected:
                 problems.append(
                     f"state_size is {self.state_size}, but a {self.layers}-layer {self.cell} "
@@ -157,12 +165,14 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready data.
 
-        An empty ``warnings`` is left out, so a model without warnings stays loadable by
-        servers older than that key (they refuse unknown keys).
+        An empty ``warnings`` and zero ``taps`` are left out, so a model without them stays
+        loadable by servers older than those keys (they refuse unknown keys).
         """
         data = dataclasses.asdict(self)
         if not data["warnings"]:
             del data["warnings"]
+        if not data["taps"]:
+            del data["taps"]
         return data
 
     def save(self, directory: Path) -> Path:
