@@ -77,12 +77,12 @@ class SessionStore(abc.ABC):
         Those another owner took (or whose record is gone) are lost.
         """
 
-    @abc.abstractmethod
     async def release(self, lease: Lease) -> bool:
         """Give the lease up if it is still the live one; False when it was already lost.
 
         A process that asked for the session gets ``Released``.
         """
+        return not await self.release_many([lease])
 
     @abc.abstractmethod
     async def release_many(self, leases: Sequence[Lease]) -> list[Lease]:

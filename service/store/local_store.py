@@ -255,15 +255,6 @@ class LocalStore(SessionStore):
             [lease for r in renewals for lease in r.lost],
         )
 
-    async def release(self, lease: Lease) -> bool:
-        """Delete the lease row if its token is live."""
-
-        def release(conn: sqlite3.Connection) -> bool:
-            with self._writing(conn) as bells:
-                return _drop_lease(conn, bells, lease, time.time())
-
-        return await self._run(release)
-
     async def release_many(self, leases: Sequence[Lease]) -> list[Lease]:
         """Delete many lease rows, one transaction per chunk (see SessionStore.release_many)."""
 

@@ -112,9 +112,10 @@ end
 return lost
 """
 
-# KEYS: lease, entry or none. ARGV: token, inbox prefix, session id. Deletes the lease
-# (and the entry, when given) and tells the asker, if any. Returns 1 when done, 0 when lost.
-RELEASE = (
+# KEYS: lease, entry. ARGV: token, inbox prefix, session id. Deletes the lease and the
+# entry and tells the asker, if any. Returns 1 when done, 0 when lost. (A release without
+# the entry is RELEASE_MANY.)
+DELETE = (
     _NOTIFY
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end

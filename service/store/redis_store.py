@@ -81,7 +81,7 @@ class RedisStore(SessionStore):
         self._acquire = register(redis_scripts.ACQUIRE)
         self._renew_many = register(redis_scripts.RENEW_MANY)
         self._checkpoint_many = register(redis_scripts.CHECKPOINT_MANY)
-        self._release = register(redis_scripts.RELEASE)
+        self._delete = register(redis_scripts.DELETE)
         self._release_many = register(redis_scripts.RELEASE_MANY)
         self._hand_over = register(redis_scripts.HAND_OVER)
 
@@ -139,10 +139,6 @@ class RedisStore(SessionStore):
                     lost.append(lease)
         return Renewal(renewed, lost)
 
-    async def release(self, lease: Lease) -> bool:
-        """Delete the lease if its token is live and announce it."""
-        return await self._release_keys(lease, [_lease_key(lease.session_id)])
-
     async def release_many(self, leases: Sequence[Lease]) -> list[Lease]:
         """Release many leases, one script call per chunk (see SessionStore.release_many)."""
         lost: list[Lease] = []
@@ -157,13 +153,10 @@ class RedisStore(SessionStore):
     async def delete(self, lease: Lease) -> None:
         """Delete the entry and the lease if the token is live and announce it."""
         keys = [_lease_key(lease.session_id), _entry_key(lease.session_id)]
-        if not await self._release_keys(lease, keys):
-            raise LeaseLost(f"session {lease.session_id}: lease {lease.token} is no longer live")
-
-    async def _release_keys(self, lease: Lease, keys: list[str]) -> bool:
         with self._reaching():
-            done = await self._release(keys=keys, args=[lease.token, INBOX, lease.session_id])
-        return bool(done)
+            done = await self._delete(keys=keys, args=[lease.token, INBOX, lease.session_id])
+        if not done:
+            raise LeaseLost(f"session {lease.session_id}: lease {lease.token} is no longer live")
 
     async def checkpoint_many(self, writes: Sequence[tuple[Lease, StoredSession]]) -> list[Lease]:
         """Conditional writes, one script call per chunk (see SessionStore.checkpoint_many)."""
