@@ -246,8 +246,12 @@ class SessionManager:
     def mark_changed(self, sessions: Iterable[Session]) -> None:
         """Count ``sessions`` as changed again (a checkpoint of them did not happen)."""
         for session in sessions:
-            if session.ended is None:
-                self._changed.setdefault(session.id, session)
+            self._note_change(session)
+
+    def _note_change(self, session: Session) -> None:
+        """Keep a live session for the next checkpoint (only with a store: none reads it else)."""
+        if self.ownership is not None and session.ended is None:
+            self._changed.setdefault(session.id, session)
 
     def find(self, session_id: str) -> Session | None:
         """The session with this id, if any (one lookup per served model version)."""
@@ -596,7 +600,7 @@ class SessionManager:
             session.sequence_steps += n
             states = result.states[0] if result.states is not None else None
             session.replay.remember(session.next_step, y, states, self.settings.replay_steps)
-            self._changed[session.id] = session
+            self._note_change(session)
             self._touch(session)
         if session.ended is not None:
             self._release_row(session)
@@ -616,7 +620,7 @@ class SessionManager:
             next_step=session.next_step,
         )
         session.sequence_steps = 0
-        self._changed[session.id] = session
+        self._note_change(session)
         if reset:
             session.model.table.reset(session.row)
         self._touch(session)
