@@ -115,17 +115,9 @@ class SessionMover:
                     if not create:
                         await self.ownership.give_up(lease)
                         return None
-                    session = self.sessions.create(
-                        model,
-                        version,
-                        return_sequences,
-                        return_state,
-                        idle_ttl_s,
-                        session_id,
-                        principal,
+                    return await self._create(
+                        lease, model, version, return_sequences, return_state, idle_ttl_s, principal
                     )
-                    await self._created(session, lease)
-                    return session
                 except BaseException:
                     await self.ownership.give_up(lease)
                     raise
@@ -146,34 +138,43 @@ class SessionMover:
 
         Nobody else can hold the lease of a new id.
         """
-        session_id = new_session_id()
-        lease = (await self.ownership.take(session_id)).lease
+        lease = (await self.ownership.take(new_session_id())).lease
         try:
-            session = self.sessions.create(
-                model,
-                version,
-                return_sequences,
-                return_state,
-                idle_ttl_s,
-                session_id,
-                principal,
+            return await self._create(
+                lease, model, version, return_sequences, return_state, idle_ttl_s, principal
             )
-            await self._created(session, lease)
         except BaseException:
             await self.ownership.give_up(lease)
             raise
-        return session
 
-    async def _created(self, session: Session, lease: Lease) -> None:
-        """A session just created here under ``lease``: durable at step 0.
+    async def _create(
+        self,
+        lease: Lease,
+        model: str,
+        version: str,
+        return_sequences: bool | None,
+        return_state: bool | None,
+        idle_ttl_s: float,
+        principal: str,
+    ) -> Session:
+        """A new session under ``lease`` (its id), durable at step 0.
 
         A session with a principal is written to the store now, so its principal is there
         before another process can ask for it; when that fails it is dropped here again
         (the caller gives the lease back) and the Open refused.
         """
+        session = self.sessions.create(
+            model,
+            version,
+            return_sequences,
+            return_state,
+            idle_ttl_s,
+            lease.session_id,
+            principal,
+        )
         session.durable_step = 0  # a create elsewhere starts from step 0 too
         if not session.principal:
-            return
+            return session
         try:
             await self.store.checkpoint(
                 lease, session_snapshot.stored(session, self.sessions.clock())
@@ -185,6 +186,7 @@ class SessionMover:
             raise Unavailable(
                 f"session {session.id} was taken over as it was created: retry"
             ) from exc
+        return session
 
     async def _check_owner(self, session_id: str, principal: str) -> None:
         """NotFound, as for a missing session, when the stored entry is another principal's."""
