@@ -152,7 +152,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         metavar="FILE",
         help="also write the recurrent state after every step here: a header, then one row "
-        "per step of state_size columns (h per layer, then c for an LSTM)",
+        "per step of state_size columns (h per layer, then c for an LSTM, then lag{j} per "
+        "slot of a delay line)",
     )
     stream.add_argument(
         "--plot-state",
