@@ -11,13 +11,13 @@ kept) and, for each batch ``[B, W, F]``, runs the network from the zero state:
   ``K`` steps (cheaper, and no exploding products of ``W`` Jacobians). For a many-to-one
   task the chunks before the last one only warm the state up.
 
-Each epoch is scored on the validation part streamed from the series' start (the state has
-seen the rows before it, as the baselines' forecasts have). Gradients are clipped to a
-global norm (``clip``); the history records, per epoch, that norm *before* clipping (mean
-and max over the optimiser steps) and the fraction of steps ``clip`` rescaled, whether or
-not clipping is on. The best validation epoch is kept and training stops after
-``patience`` epochs without improvement. Runs are reproducible: same seed, same data, same
-flags -> bitwise the same weights on CPU.
+Each epoch is scored on the validation part streamed from the zero state at its start, as
+the training windows start. Gradients are clipped to a global norm (``clip``); the history
+records, per epoch, that norm *before* clipping (mean and max over the optimiser steps)
+and the fraction of steps ``clip`` rescaled, whether or not clipping is on. The best
+validation epoch is kept and training stops after ``patience`` epochs without improvement.
+Runs are reproducible: same seed, same data, same flags -> bitwise the same weights on
+CPU.
 """
 
 from __future__ import annotations
@@ -340,9 +340,7 @@ def train(
             history.record_gradients(norms, cfg.clip)
             if scheduler is not None:
                 scheduler.step()
-            val = normalized_mse(
-                model, predict(model, series, split.val, cfg.window, from_start=True)
-            )
+            val = normalized_mse(model, predict(model, series, split.val, cfg.window))
             history.train_loss.append(float(np.mean(losses)))
             history.val_loss.append(val)
             if val < best_val:
