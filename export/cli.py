@@ -26,10 +26,13 @@ stopping), the last 20% is the test split that the final table reports, next to 
 baseline (persistence for forecasts; historical volatility for msft-vol) and to what a
 forecaster tries first, scored on the same points one step ahead: persistence, the
 seasonal naive (the same hour yesterday for hourly data) and the classical model of the
-field fitted on the training part only (a seasonal ARIMA, or GARCH(1,1) for msft-vol;
-skip that fit with --no-classical-baseline). A model worse than its naive baseline, or
-than the strongest of the others, is still written, with a warning on stderr and in the
-manifest.
+field fitted on the training part only (a seasonal ARIMA, or GARCH(1,1) for msft-vol; skip
+that fit with --no-classical-baseline). A model that forecasts every step is scored the
+way those forecasts use the data: one session streamed from the series' first row, errors
+counted on the test rows, so its state holds the history they see; the test split from a
+fresh session (no history sent first) is scored too (metrics.cold_start). A model worse
+than its naive baseline, or than the strongest of the others, is still written, with a
+warning on stderr and in the manifest.
 
 How it learns: backpropagation through time (BPTT) unrolls the network over a window of
 --window steps and back-propagates the loss through every step. --tbptt K truncates it:
@@ -45,7 +48,13 @@ held-out windows for k = 0..W. The manifest records the curve (metrics.gradient_
 the memory horizon (metrics.memory_horizon): the k where the norm falls below 1e-3 of its
 k = 0 value, "beyond the window" if it never does, or K with --tbptt K, since truncation
 stops training's gradient there. --compare-cells also trains the other two cells at the
-same size on the same data and draws the three curves in one plot."""
+same size on the same data and draws the three curves in one plot.
+
+The head is linear in what it reads (h_t and, with --taps, the last K inputs), so once the
+recurrent weights are trained, its best weights on the training part are a least-squares
+problem: --solve-readout solves it (ridge, the penalty picked on validation) and keeps the
+answer if validation improves. Gradient descent approaches it slowly when those inputs are
+nearly collinear, as consecutive readings of a smooth series are."""
 
 EPILOG = """\
 datasets (--data NAME), all loaded offline from installed packages:
@@ -56,7 +65,7 @@ datasets (--data NAME), all loaded offline from installed packages:
   PATH.csv      any CSV, one row per time step: --targets COL[,COL] [--features COL,...]
 
 examples:
-  rnnstream train --data seattle-temp --cell gru --hidden 32 --epochs 20 --out models/seattle-temp/2
+  rnnstream train --data seattle-temp --cell gru --hidden 32 --epochs 20 --out out/seattle-temp/1
   rnnstream train --data msft-vol --cell lstm --hidden 32 --epochs 15 \\
       --out out/msft-vol/1 --plots out/img
   rnnstream train --data synthetic --cell rnn --hidden 16 --epochs 3 --out out/synth/1
@@ -159,6 +168,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "forecast does not hang on the absolute level (default 0: off)",
     )
     how.add_argument(
+        "--solve-readout",
+        action="store_true",
+        help="after training, solve the linear head (on h and, with --taps, on the taps) "
+        "in closed form: ridge regression on the training part, the penalty picked on "
+        "validation; kept only if validation improves. Gradient descent creeps towards it "
+        "when the head's inputs are nearly collinear, as consecutive readings are",
+    )
+    how.add_argument(
         "--tbptt",
         type=int,
         default=0,
@@ -254,6 +271,8 @@ def reproduce_command(args: argparse.Namespace, window: int, horizon: int) -> st
         parts += ["--lr-schedule", args.lr_schedule]
     if args.level_shift:
         parts += ["--level-shift", repr(args.level_shift)]
+    if args.solve_readout:
+        parts.append("--solve-readout")
     parts += [
         "--batch-size",
         str(args.batch_size),
@@ -339,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
             residual=args.residual,
             taps=args.taps,
             classical_baseline=args.classical_baseline,
+            solve_readout=args.solve_readout,
         )
         report = pipeline.run(spec, sys.stdout)
     except (DataError, ParityError, ValueError) as exc:

@@ -1,4 +1,10 @@
-"""One training run: data -> train -> score, baselines -> gradient flow -> export -> plots.
+"""One training run: data -> train -> readout -> score, baselines -> gradients -> export, plots.
+
+A many-to-many model is scored the way its baselines forecast: streamed from the series'
+first row, errors counted on the part's rows (``metrics.streamed_from_row``), so at the
+first test row it knows the history that persistence, the seasonal naive and the seasonal
+ARIMA use. The test part streamed from a fresh zero state is scored too
+(``metrics.cold_start``): what a session that sends no history first gets.
 
 On request (``compare_cells``) the same network is also trained with the other two cells,
 for the gradient-through-time comparison plot; only the requested cell is exported.
@@ -19,6 +25,7 @@ from rnnstream.export.gradients import GradientFlow, gradient_flow
 from rnnstream.export.model import CELL_TYPES, ModelConfig, SequenceModel
 from rnnstream.export.onnx import ARTIFACT_FILES, Parity, write_artifact
 from rnnstream.export.quality import baseline_warnings, strongest_baseline_warnings
+from rnnstream.export.readout import ReadoutFit, solve_readout
 from rnnstream.export.train import History, Predictions, TrainConfig, predict, score, train
 from rnnstream.manifest import Manifest
 
@@ -47,6 +54,7 @@ class RunSpec:
     residual: bool = False  # predict the change from the target's current reading
     taps: int = 0  # K: the last K inputs kept exactly in the state (a delay line)
     classical_baseline: bool = True  # also fit SARIMA / GARCH(1,1) as a baseline (slow)
+    solve_readout: bool = False  # after training, solve the linear head in closed form
 
 
 @dataclass
@@ -60,6 +68,7 @@ class RunReport:
     plots: list[Path]
     seconds: float
     flows: dict[str, GradientFlow] = field(default_factory=dict)  # by cell; the model's first
+    readout: ReadoutFit | None = None  # what --solve-readout did
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
@@ -108,6 +117,16 @@ def metrics_table(name: str, cell: str, baseline: str, test: dict[str, float]) -
     return "\n".join(lines)
 
 
+def readout_line(fit: ReadoutFit) -> str:
+    """One line on what ``--solve-readout`` did."""
+    verdict = "kept" if fit.applied else "not better: the trained head kept"
+    return (
+        f"readout solved in closed form (ridge {fit.penalty:g} per row, {fit.rows} rows x "
+        f"{fit.columns} columns): validation MSE {fit.val_mse_trained:.4g} -> "
+        f"{fit.val_mse_solved:.4g}, {verdict}"
+    )
+
+
 def epoch_table(history: History, clip: float) -> str:
     """Per epoch: losses, the gradient norm before clipping and how often ``clip`` rescaled it."""
     lines = ["epoch  train loss  val loss  grad norm before clipping: mean     max  clipped"]
@@ -131,7 +150,7 @@ def _unseen(model: SequenceModel, spec: RunSpec, window: int) -> dict[str, Any]:
     if unseen is None:
         return {}
     split = datasets.time_split(len(unseen), gap=unseen.horizon)
-    pred = predict(model, unseen, split.test, window)
+    pred = predict(model, unseen, split.test, window, from_start=True)
     found = baselines.baselines(unseen, split, classical=spec.classical_baseline)
     return {
         "data": unseen.name,
@@ -139,8 +158,19 @@ def _unseen(model: SequenceModel, spec: RunSpec, window: int) -> dict[str, Any]:
         "split": "test",
         "rows": {"start": split.test[0], "stop": split.test[1]},
         **_rounded(score(pred)),
+        **_cold_start(model, unseen, split, window),
         "baselines": baselines.compare(pred, found, unseen.season),
     }
+
+
+def _cold_start(
+    model: SequenceModel, series: datasets.Series, split: datasets.Split, window: int
+) -> dict[str, Any]:
+    """Many-to-many: where scoring streamed from, and the test part from a fresh zero state."""
+    if not series.return_sequences:
+        return {}
+    cold = score(predict(model, series, split.test, window))
+    return {"streamed_from_row": 0, "cold_start": _rounded(cold)}
 
 
 def run(spec: RunSpec, log: TextIO) -> RunReport:
@@ -171,11 +201,16 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     )
     result = train(series, split, config, spec.train, quiet=spec.quiet)
     model = result.model.cpu()
-    test_pred: Predictions = predict(model, series, split.test, spec.train.window)
-    val_pred = predict(model, series, split.val, spec.train.window)
+    window, tbptt = spec.train.window, spec.train.tbptt
+    readout = (
+        solve_readout(model, series, split, window, spec.train.level_shift)
+        if spec.solve_readout
+        else None
+    )
+    test_pred: Predictions = predict(model, series, split.test, window, from_start=True)
+    val_pred = predict(model, series, split.val, window, from_start=True)
     test = score(test_pred)
     name = spec.name or series.name
-    window, tbptt = spec.train.window, spec.train.tbptt
     flows = {config.cell: gradient_flow(model, series, split, window, tbptt)}
     if spec.compare_cells:
         for cell in CELL_TYPES:
@@ -195,6 +230,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         "split": "test",
         "baseline": series.baseline_name,
         **_rounded(test),
+        **_cold_start(model, series, split, window),
         "val": _rounded(score(val_pred)),
         "baselines": compared,
         **({"unseen": unseen} if unseen else {}),
@@ -229,6 +265,7 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
             "window": spec.train.window,
             "normalization": result.stats.to_dict(),
             "history": result.history.to_dict(),
+            **({"readout": readout.to_dict()} if readout else {}),
             "parameters": model.n_parameters(),
         },
         command=spec.command,
@@ -264,7 +301,15 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
     seconds = time.perf_counter() - started
     if not spec.quiet:
         print(epoch_table(result.history, spec.train.clip), file=log)
+        if readout is not None:
+            print(readout_line(readout), file=log)
         print(metrics_table(name, config.cell, series.baseline_name, test), file=log)
+        if "cold_start" in metrics:
+            cold = metrics["cold_start"]["rmse"]
+            print(
+                f"(streamed from the series' start; from a fresh session: RMSE {cold:.4f})",
+                file=log,
+            )
         model_label = f"model ({config.cell.upper()})"
         print(baselines.table(f"{name}: test split", model_label, compared), file=log)
         if unseen:
@@ -287,4 +332,5 @@ def run(spec: RunSpec, log: TextIO) -> RunReport:
         plots=plots,
         seconds=seconds,
         flows=flows,
+        readout=readout,
     )

@@ -11,11 +11,13 @@ kept) and, for each batch ``[B, W, F]``, runs the network from the zero state:
   ``K`` steps (cheaper, and no exploding products of ``W`` Jacobians). For a many-to-one
   task the chunks before the last one only warm the state up.
 
-Gradients are clipped to a global norm (``clip``); the history records, per epoch, that
-norm *before* clipping (mean and max over the optimiser steps) and the fraction of steps
-``clip`` rescaled, whether or not clipping is on. The best validation epoch is kept and
-training stops after ``patience`` epochs without improvement. Runs are reproducible: same
-seed, same data, same flags -> bitwise the same weights on CPU.
+Each epoch is scored on the validation part streamed from the zero state at its start, as
+the training windows start. Gradients are clipped to a global norm (``clip``); the history
+records, per epoch, that norm *before* clipping (mean and max over the optimiser steps)
+and the fraction of steps ``clip`` rescaled, whether or not clipping is on. The best
+validation epoch is kept and training stops after ``patience`` epochs without improvement.
+Runs are reproducible: same seed, same data, same flags -> bitwise the same weights on
+CPU.
 """
 
 from __future__ import annotations
@@ -145,22 +147,31 @@ class Predictions:
 
 
 def predict(
-    model: SequenceModel, series: Series, part: tuple[int, int], window: int
+    model: SequenceModel,
+    series: Series,
+    part: tuple[int, int],
+    window: int,
+    *,
+    from_start: bool = False,
 ) -> Predictions:
     """Predictions on one contiguous part, the way a client would stream it.
 
-    Many-to-many: the whole part as one sequence from the zero state, ``y`` at every step.
-    Many-to-one: every window of ``window`` steps that fits (stride 1), ``y`` at its end.
+    Many-to-many: one sequence from the zero state, ``y`` at every step of the part; the
+    sequence starts at the part's first row, or with ``from_start`` at the series' first row
+    (the state then carries what came before, as a session streaming the series would, and
+    as the baselines' forecasts use it). Many-to-one: every window of ``window`` steps that
+    fits in the part (stride 1), ``y`` at its end; ``from_start`` changes nothing.
     """
     a, b = part
     device = model.x_mean.device
     model.eval()
     with torch.no_grad():
         if series.return_sequences:
-            x = torch.from_numpy(series.x[a:b]).unsqueeze(0).to(device)  # [1, N, F]
-            y, _ = model(x)  # [1, N, O]
+            first = 0 if from_start else a
+            x = torch.from_numpy(series.x[first:b]).unsqueeze(0).to(device)  # [1, T, F]
+            y, _ = model(x)  # [1, T, O]
             rows = np.arange(a, b)
-            out = y.squeeze(0).cpu().numpy()  # [N, O]
+            out = y.squeeze(0)[a - first :].cpu().numpy()  # [N, O]
         else:
             xw, _ = sequence_windows(series.x[a:b], series.y[a:b], window, 1)  # [N, W, F]
             y, _ = model(torch.from_numpy(xw).to(device))  # [N, W, O]

@@ -152,7 +152,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         metavar="FILE",
         help="also write the recurrent state after every step here: a header, then one row "
-        "per step of state_size columns (h per layer, then c for an LSTM)",
+        "per step of state_size columns (h per layer, then c for an LSTM, then lag{j} per "
+        "slot of a delay line)",
     )
     stream.add_argument(
         "--plot-state",
@@ -281,12 +282,15 @@ def _write_state(
     """The session's states ``[T, S]`` to ``--state-csv`` and ``--plot-state``."""
     import numpy as np
 
-    from rnnstream.state_view import plot_state, state_columns, write_state_csv
+    from rnnstream.state_view import cell_units, plot_state, state_columns, write_state_csv
 
     if sum(len(c) for c in chunks) != len(x):
         raise CliError("the server did not return a state for every step")
     states = np.concatenate(chunks)  # [T, S]
     columns = state_columns(info)
+    units = cell_units(info)
+    taps = len(columns) - units
+    line = f" (the {taps}-slot delay line of inputs is in --state-csv)" if taps else ""
     try:
         if args.state_csv:
             write_state_csv(Path(args.state_csv), states, columns)
@@ -300,9 +304,9 @@ def _write_state(
                 ],
                 y,
                 info.output_columns(),
-                states,
-                columns,
-                f"{info.key}: {Path(args.csv).name}, {len(states)} steps",
+                states[:, :units],
+                columns[:units],
+                f"{info.key}: {Path(args.csv).name}, {len(states)} steps" + line,
             )
     except OSError as exc:
         raise CliError(f"cannot write the state: {exc}") from exc

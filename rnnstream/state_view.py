@@ -28,22 +28,49 @@ MISSING_MATPLOTLIB = (
 )
 
 
+def cell_units(info: ModelInfo) -> int:
+    """How many slots of a state row the recurrent cell holds: ``k * L * H``.
+
+    The rest of the row, if any, is a delay line of the last inputs (a model trained with
+    ``--taps K``: ``K * F`` more slots). The whole row when the server does not say the
+    layout, or when the rest is not a whole number of input rows.
+    """
+    blocks = 2 if info.cell == "lstm" else 1
+    units = blocks * info.layers * info.hidden_size
+    rest = info.state_size - units
+    if info.layers < 1 or info.hidden_size < 1 or rest < 0 or rest % max(info.n_features, 1):
+        return info.state_size
+    return units
+
+
 def state_columns(info: ModelInfo) -> list[str]:
     """A name per state unit, after the state row's layout.
 
-    ``h{layer}_{unit}`` for every layer, then (LSTM) ``c{layer}_{unit}``; ``s{i}`` when the
-    server does not say the cell, layers and hidden size.
+    ``h{layer}_{unit}`` for every layer, then (LSTM) ``c{layer}_{unit}``; then, for a
+    delay line of ``K`` inputs, ``lag{j}`` per slot (``lag{j}_{feature}`` for several
+    inputs), oldest first, ``lag0`` being the current step's input (normalised); ``s{i}``
+    when the server does not say the cell, layers and hidden size.
     """
+    units = cell_units(info)
     blocks = 2 if info.cell == "lstm" else 1
-    if info.layers < 1 or blocks * info.layers * info.hidden_size != info.state_size:
+    if blocks * info.layers * info.hidden_size != units:  # the layout is not known
         return [f"s{i}" for i in range(info.state_size)]
     kinds = ["h", "c"][:blocks]
-    return [
+    cell = [
         f"{kind}{layer}_{unit}"
         for kind in kinds
         for layer in range(info.layers)
         for unit in range(info.hidden_size)
     ]
+    f = max(info.n_features, 1)
+    taps = (info.state_size - units) // f
+    names = [info.feature_names[i] if i < len(info.feature_names) else f"x{i}" for i in range(f)]
+    line = [
+        f"lag{taps - 1 - slot}" + (f"_{names[i]}" if f > 1 else "")
+        for slot in range(taps)
+        for i in range(f)
+    ]
+    return cell + line
 
 
 def write_state_csv(path: Path, states: np.ndarray, columns: Sequence[str]) -> None:
@@ -95,6 +122,9 @@ def plot_state(
     title: str,
 ) -> Path:
     """Inputs ``x [T, F]``, predictions ``y [T, O]`` and ``states [T, S]`` as one PNG.
+
+    Give the cell's units only (``states[:, :cell_units(info)]``): a delay line's slots are
+    the inputs again, shifted, and would crowd the map.
 
     Raises ImportError with :data:`MISSING_MATPLOTLIB` when matplotlib is not installed.
     """

@@ -198,6 +198,8 @@ def test_help_explains_bptt_truncation_and_clipping(capsys):
         "--residual",
         "--lr-schedule",
         "--level-shift",
+        "--taps",
+        "--solve-readout",
         "backpropagation through time",
         "detached",
         "seattle-temp",

@@ -219,3 +219,17 @@ def test_train_with_taps_writes_a_model_whose_state_holds_them(tmp_path: Path):
     assert " --taps 5 " in manifest.command
     assert load_model(out).config.taps == 5
     assert main(["train", *quick[:-2], "--taps", "-1", "--out", str(tmp_path / "bad")]) == 1
+
+
+def test_the_step_graph_does_not_grow_with_the_delay_line():
+    """One step reads the window as one reshape of the history, not K + 1 slices."""
+    import onnx
+
+    def step_nodes(taps: int) -> int:
+        config = ModelConfig(cell="gru", n_features=F, hidden_size=4, residual=0, taps=taps)
+        return len(onnx.load_from_string(step_graph_bytes(SequenceModel(config))).graph.node)
+
+    assert step_nodes(5) == step_nodes(40)
+    # The sequence graph still slices (T is dynamic there), and still matches torch.
+    model = taps_model()
+    assert verify_sequence(model, sequence_graph_bytes(model)).worst <= TOLERANCE
