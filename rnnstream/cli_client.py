@@ -111,7 +111,11 @@ def add_parser(subparsers: Any) -> None:
     models = subparsers.add_parser(
         "models",
         help="list the models a server serves",
-        description="List the models a server serves: shapes, cell, task and default mode.",
+        description=(
+            "List the models a server serves: shapes (F inputs, O outputs, S state slots),\n"
+            "cell, task, default mode, and WARM-UP: how many readings a new session should\n"
+            "be sent first, the length of a delay line in its state (--taps; 0: none)."
+        ),
         epilog=MODELS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -194,7 +198,8 @@ def run_models(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except RnnstreamError as exc:
         return _fail(_explain(exc, address))
-    header = ["NAME", "VERSION", "CELL", "F", "O", "S", "TASK", "MODE"]
+    # WARM-UP: the readings a new session should be sent first (a delay line's length).
+    header = ["NAME", "VERSION", "CELL", "F", "O", "S", "TASK", "MODE", "WARM-UP"]
     rows = [
         [
             info.name + (" *" if info.name == default else ""),
@@ -205,6 +210,7 @@ def run_models(args: argparse.Namespace) -> int:
             str(info.state_size),
             info.task,
             "many-to-many" if info.return_sequences else "many-to-one",
+            str(info.taps),
         ]
         for info in infos
     ]
@@ -282,15 +288,14 @@ def _write_state(
     """The session's states ``[T, S]`` to ``--state-csv`` and ``--plot-state``."""
     import numpy as np
 
-    from rnnstream.state_view import cell_units, plot_state, state_columns, write_state_csv
+    from rnnstream.state_view import plot_state, state_columns, write_state_csv
 
     if sum(len(c) for c in chunks) != len(x):
         raise CliError("the server did not return a state for every step")
     states = np.concatenate(chunks)  # [T, S]
     columns = state_columns(info)
-    units = cell_units(info)
-    taps = len(columns) - units
-    line = f" (the {taps}-slot delay line of inputs is in --state-csv)" if taps else ""
+    units = info.cell_units
+    line = f" (the {info.taps}-step delay line of inputs is in --state-csv)" if info.taps else ""
     try:
         if args.state_csv:
             write_state_csv(Path(args.state_csv), states, columns)

@@ -60,6 +60,29 @@ class ModelInfo:
         """``name/version``."""
         return f"{self.name}/{self.version}"
 
+    @property
+    def cell_units(self) -> int:
+        """The slots of a state row the recurrent cell holds: ``k * L * H`` (``k = 2``: LSTM).
+
+        The whole row when the server does not say the cell's layout, or when the rest of
+        the row is not a whole number of input rows (so it cannot be a delay line).
+        """
+        units = (2 if self.cell == "lstm" else 1) * self.layers * self.hidden_size
+        rest = self.state_size - units
+        if units < 1 or rest < 0 or rest % max(self.n_features, 1):
+            return self.state_size
+        return units
+
+    @property
+    def taps(self) -> int:
+        """``K``: how many past inputs the state row holds exactly after the cell's slots.
+
+        A model trained with ``--taps K`` (a delay line) forecasts from ``K`` made-up
+        inputs at the start of a session: send it the last ``K`` readings first. 0 for a
+        model without one, or when the server does not say the layout.
+        """
+        return (self.state_size - self.cell_units) // max(self.n_features, 1)
+
     def output_columns(self) -> list[str]:
         """Names for the outputs: ``output_names``, else ``labels``, else ``y0, y1, ...``."""
         if len(self.output_names) == self.n_outputs:

@@ -28,21 +28,6 @@ MISSING_MATPLOTLIB = (
 )
 
 
-def cell_units(info: ModelInfo) -> int:
-    """How many slots of a state row the recurrent cell holds: ``k * L * H``.
-
-    The rest of the row, if any, is a delay line of the last inputs (a model trained with
-    ``--taps K``: ``K * F`` more slots). The whole row when the server does not say the
-    layout, or when the rest is not a whole number of input rows.
-    """
-    blocks = 2 if info.cell == "lstm" else 1
-    units = blocks * info.layers * info.hidden_size
-    rest = info.state_size - units
-    if info.layers < 1 or info.hidden_size < 1 or rest < 0 or rest % max(info.n_features, 1):
-        return info.state_size
-    return units
-
-
 def state_columns(info: ModelInfo) -> list[str]:
     """A name per state unit, after the state row's layout.
 
@@ -51,9 +36,8 @@ def state_columns(info: ModelInfo) -> list[str]:
     inputs), oldest first, ``lag0`` being the current step's input (normalised); ``s{i}``
     when the server does not say the cell, layers and hidden size.
     """
-    units = cell_units(info)
     blocks = 2 if info.cell == "lstm" else 1
-    if blocks * info.layers * info.hidden_size != units:  # the layout is not known
+    if blocks * info.layers * info.hidden_size != info.cell_units:  # the layout is not known
         return [f"s{i}" for i in range(info.state_size)]
     kinds = ["h", "c"][:blocks]
     cell = [
@@ -62,8 +46,7 @@ def state_columns(info: ModelInfo) -> list[str]:
         for layer in range(info.layers)
         for unit in range(info.hidden_size)
     ]
-    f = max(info.n_features, 1)
-    taps = (info.state_size - units) // f
+    f, taps = max(info.n_features, 1), info.taps
     names = [info.feature_names[i] if i < len(info.feature_names) else f"x{i}" for i in range(f)]
     line = [
         f"lag{taps - 1 - slot}" + (f"_{names[i]}" if f > 1 else "")
@@ -123,7 +106,7 @@ def plot_state(
 ) -> Path:
     """Inputs ``x [T, F]``, predictions ``y [T, O]`` and ``states [T, S]`` as one PNG.
 
-    Give the cell's units only (``states[:, :cell_units(info)]``): a delay line's slots are
+    Give the cell's units only (``states[:, :info.cell_units]``): a delay line's slots are
     the inputs again, shifted, and would crowd the map.
 
     Raises ImportError with :data:`MISSING_MATPLOTLIB` when matplotlib is not installed.

@@ -26,12 +26,13 @@ def test_models_table(server, capsys):
     assert main(["models", "--address", server.address]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "VERSION", "CELL", "F", "O", "S", "TASK", "MODE"]
+    header = ["NAME", "VERSION", "CELL", "F", "O", "S", "TASK", "MODE", "WARM-UP"]
+    assert lines[0].split() == header
     assert any(
         line.split()[:8] == ["tiny", "*", "1", "rnn", "2", "3", "5", "forecast"] for line in lines
     )
     assert any(
-        line.split() == ["tiny-m2o", "1", "rnn", "3", "1", "4", "forecast", "many-to-one"]
+        line.split() == ["tiny-m2o", "1", "rnn", "3", "1", "4", "forecast", "many-to-one", "0"]
         for line in lines
     )
 

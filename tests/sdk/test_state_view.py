@@ -102,15 +102,22 @@ def test_state_columns_follow_the_state_row_layout():
 
 def test_a_delay_line_is_named_by_lag_and_left_out_of_the_heat_map():
     from rnnstream.info import ModelInfo
-    from rnnstream.state_view import cell_units, state_columns
+    from rnnstream.state_view import state_columns
 
     one = ModelInfo("m", "1", 1, 1, 2 + 3, cell="gru", layers=1, hidden_size=2)
     assert state_columns(one) == ["h0_0", "h0_1", "lag2", "lag1", "lag0"]
-    assert cell_units(one) == 2
+    assert (one.cell_units, one.taps) == (2, 3)
     two = ModelInfo(
         "m", "1", 2, 1, 2 + 2 * 2, feature_names=("a", "b"), cell="rnn", layers=1, hidden_size=2
     )
+    assert two.taps == 2
     assert state_columns(two)[2:] == ["lag1_a", "lag1_b", "lag0_a", "lag0_b"]
     # A remainder that is not whole input rows is no delay line: the layout is unknown.
     odd = ModelInfo("m", "1", 2, 1, 2 + 3, cell="gru", layers=1, hidden_size=2)
-    assert cell_units(odd) == 5 and state_columns(odd) == ["s0", "s1", "s2", "s3", "s4"]
+    assert (odd.cell_units, odd.taps) == (5, 0) and state_columns(odd) == [
+        "s0",
+        "s1",
+        "s2",
+        "s3",
+        "s4",
+    ]
