@@ -206,6 +206,25 @@ class SequenceModel(nn.Module):
         """Raw targets ``y`` at inputs ``x`` -> the normalised units the head predicts."""
         return (y - self.base(x) - self.y_mean) / self.y_std
 
+    def head_inputs(
+        self, x: Tensor, state: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """What the heads read at each step of ``x [B, T, F]`` (raw) from ``state [B, S]``.
+
+        Returns the top layer's hidden sequence ``[B, T, H]``, the taps' windows
+        ``[B, T, (K+1)*F]`` (None without taps) and the final state ``[B, S]``.
+        """
+        if state is None:
+            state = self.zero_state(x.shape[0])
+        z = (x - self.x_mean) / self.x_std  # [B, T, F]
+        window, taps = self.taps_window(z, state)  # [B, T, (K+1)*F], [B, K*F]
+        hidden, final = self.rnn(window, self.unpack_state(state))  # [B, T, H]
+        if taps is None:
+            return hidden, None, self.pack_state(final)
+        final_row = torch.cat([self.pack_state(final), taps], dim=1)
+        # A constant width, so the exported graph declares state_out [B, S].
+        return hidden, window, final_row.reshape(z.shape[0], self.state_size)
+
     def forward_normalized(
         self, x: Tensor, state: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,19 +233,10 @@ class SequenceModel(nn.Module):
         Returns normalised outputs ``[B, T, O]``, the final state ``[B, S]`` and the top
         layer's hidden sequence ``[B, T, H]``.
         """
-        if state is None:
-            state = self.zero_state(x.shape[0])
-        z = (x - self.x_mean) / self.x_std  # [B, T, F]
-        window, taps = self.taps_window(z, state)  # [B, T, (K+1)*F], [B, K*F]
-        hidden, final = self.rnn(window, self.unpack_state(state))  # [B, T, H]
+        hidden, window, final_row = self.head_inputs(x, state)
         y = self.head(hidden)  # [B, T, O]
-        if self.taps_head is not None and taps is not None:
+        if self.taps_head is not None and window is not None:
             y = y + self.taps_head(window)
-            final_row = torch.cat([self.pack_state(final), taps], dim=1)
-            # A constant width, so the exported graph declares state_out [B, S].
-            final_row = final_row.reshape(z.shape[0], self.state_size)  # [B, S]
-        else:
-            final_row = self.pack_state(final)
         return y, final_row, hidden  # [B, T, O], [B, S], [B, T, H]
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -52,11 +52,8 @@ def readout_inputs(model: SequenceModel, x: np.ndarray) -> np.ndarray:
     """
     with torch.no_grad():
         xt = torch.from_numpy(x).unsqueeze(0).to(model.x_mean.device)  # [1, T, F]
-        z = (xt - model.x_mean) / model.x_std
-        state = model.zero_state(1)
-        window, _ = model.taps_window(z, state)  # [1, T, (K+1)F]
-        hidden, _ = model.rnn(window, model.unpack_state(state))  # [1, T, H]
-        columns = [hidden[0]] + ([window[0]] if model.taps_head is not None else [])
+        hidden, window, _ = model.head_inputs(xt)  # [1, T, H], [1, T, (K+1)F] or None
+        columns = [hidden[0]] + ([window[0]] if window is not None else [])
         return torch.cat(columns, dim=1).double().cpu().numpy()  # [T, C]
 
 
