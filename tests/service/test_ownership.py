@@ -37,6 +37,13 @@ async def _manager(
     return sessions
 
 
+async def _close(sessions: SessionManager) -> None:
+    """Close what :func:`_manager` opened: the repository's graphs and the store."""
+    sessions.repository.close()
+    assert sessions.ownership is not None
+    await sessions.ownership.store.close()
+
+
 def test_a_lease_taken_over_meanwhile_refuses_the_next_step(tiny_models: Path, tmp_path: Path):
     async def drive() -> None:
         sessions = await _manager(tiny_models, tmp_path / "s.sqlite3", ttl_s=0.3)
@@ -52,9 +59,7 @@ def test_a_lease_taken_over_meanwhile_refuses_the_next_step(tiny_models: Path, t
             assert sessions.find(SID) is None and session.next_step == 2
             await other.close()
         finally:
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
@@ -71,9 +76,7 @@ def test_a_stale_lease_still_held_is_renewed_before_a_step(tiny_models: Path, tm
             out = await sessions.steps(session, 0, np.ones((2, 2), np.float32))
             assert out.applied == 2 and sessions.ownership.fresh(SID)
         finally:
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
@@ -92,9 +95,7 @@ def test_ending_a_session_deletes_its_store_entry(tiny_models: Path, tmp_path: P
             await sessions.settle_all()
             assert await store.load(SID) is None
         finally:
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
@@ -120,9 +121,7 @@ def test_a_checkpoint_writes_what_changed_since_the_last_one(tiny_models: Path, 
             assert await mover.checkpoint() == 1
             assert await mover.checkpoint(everything=True) == 4
         finally:
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
@@ -148,9 +147,7 @@ def test_a_checkpoint_the_store_refused_is_written_by_the_next(
             assert session.durable_step == before != 2
             assert await sessions.mover.checkpoint() == 1 and session.durable_step == 2
         finally:
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
@@ -189,9 +186,7 @@ def test_a_large_checkpoint_lets_other_work_run_between_its_chunks(
             assert len(calls) == 3  # chunks of 4, 4 and 2
             assert calls[0] < calls[1] < calls[2]  # the other task ran between chunks
         finally:
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
@@ -226,15 +221,13 @@ def test_a_session_moves_between_live_managers_in_one_hand_over(tiny_models: Pat
             ref = await alone.open("tiny", "", SID, None, None, create=True)
             want = await alone.steps(ref, 0, x)
             np.testing.assert_array_equal(np.concatenate([first.y, moved.y]), want.y)
-            alone.repository.close()
+            await _close(alone)
         finally:
             for run in runs:
                 run.cancel()
             await asyncio.gather(*runs, return_exceptions=True)
             for m in (a, b):
-                m.repository.close()
-                assert m.ownership is not None
-                await m.ownership.store.close()
+                await _close(m)
 
     asyncio.run(drive())
 
@@ -259,9 +252,7 @@ def test_a_dead_holder_lets_the_session_move_once_its_lease_expires(
         finally:
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-            sessions.repository.close()
-            assert sessions.ownership is not None
-            await sessions.ownership.store.close()
+            await _close(sessions)
             await dead.close()
 
     asyncio.run(drive())
@@ -302,8 +293,7 @@ def test_staying_alive_is_one_store_call_and_a_lapse_checks_every_lease(
             assert all(ownership.fresh(i) for i in ids if i != ids[3])
             await other.close()
         finally:
-            sessions.repository.close()
-            await store.close()
+            await _close(sessions)
 
     asyncio.run(drive())
 
