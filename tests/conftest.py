@@ -5,10 +5,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.tiny_model import TinyRnn
+
+if TYPE_CHECKING:
+    from rnnstream.server.settings import Settings
 
 TINY = TinyRnn.random(n_features=2, hidden=5, n_outputs=3, seed=1)
 TINY_M2O = TinyRnn.random(n_features=3, hidden=4, n_outputs=1, seed=2)
@@ -30,6 +34,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def tiny_server_settings(models: Path, **extra: Any) -> Settings:
+    """A test server's settings: 127.0.0.1 on a free port, ``tiny`` the default model, a 1 s
+    drain, no state directory; ``extra`` adds settings or overrides these."""
+    from rnnstream.server.settings import Settings
+
+    base: dict[str, Any] = {
+        "models": models,
+        "host": "127.0.0.1",
+        "port": 0,
+        "default_model": "tiny",
+        "grace_s": 1.0,
+        "state_dir": "",
+    }
+    return Settings.from_env({}, **(base | extra))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository: tiny/1 (F=2, O=3, many-to-many) and tiny-m2o/1 (many-to-one)."""
@@ -43,16 +63,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tiny_models: Path) -> Iterator[object]:
     """A real rnnstream server on 127.0.0.1 and a free port, serving the tiny models."""
     from rnnstream.server.server import BackgroundServer
-    from rnnstream.server.settings import Settings
 
-    settings = Settings.from_env(
-        {},
-        models=tiny_models,
-        host="127.0.0.1",
-        port=0,
-        default_model="tiny",
-        grace_s=1.0,
-        state_dir="",
-    )
-    with BackgroundServer(settings) as running:
+    with BackgroundServer(tiny_server_settings(tiny_models)) as running:
         yield running

@@ -26,7 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import rnnstream
-from tests.conftest import free_port
+from tests.conftest import free_port, tiny_server_settings
 from tests.deploy.promql import MetricUse, metric_uses
 from tests.service.processes import REPO, start_process, stop_process
 
@@ -63,19 +63,9 @@ def scrape(port: int) -> str:
 def single_server_scrape(models: Path) -> str:
     """/metrics of one server after a session with steps and a refused Open."""
     from rnnstream.server.server import BackgroundServer
-    from rnnstream.server.settings import Settings
 
     port = free_port()
-    settings = Settings.from_env(
-        {},
-        models=models,
-        host="127.0.0.1",
-        port=0,
-        default_model="tiny",
-        grace_s=1.0,
-        state_dir="",
-        metrics_port=port,
-    )
+    settings = tiny_server_settings(models, metrics_port=port)
     with BackgroundServer(settings) as server, rnnstream.Client(server.address) as client:
         with client.session("tiny", return_sequences=True) as session:
             session.steps(np.zeros((6, 2), dtype=np.float32))

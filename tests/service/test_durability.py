@@ -15,7 +15,7 @@ from rnnstream.server.server import BackgroundServer
 from rnnstream.server.settings import Settings
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_server_settings
 from tests.service.duplex import Duplex, outputs_y
 from tests.service.processes import start_process, stop_process
 
@@ -25,16 +25,7 @@ WANT, _ = TINY.run(X[None])
 
 
 def settings(models: Path, state: Path, **extra: object) -> Settings:
-    return Settings.from_env(
-        {},
-        models=models,
-        host="127.0.0.1",
-        port=0,
-        default_model="tiny",
-        grace_s=1.0,
-        state_dir=str(state),
-        **extra,
-    )
+    return tiny_server_settings(models, state_dir=str(state), **extra)
 
 
 def test_restart_restores_every_session_at_its_exact_step(tiny_models, tmp_path):

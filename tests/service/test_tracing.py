@@ -24,6 +24,7 @@ from rnnstream.server.server import BackgroundServer
 from rnnstream.server.settings import Settings
 from rnnstream.v1 import rnnstream_pb2 as pb
 from rnnstream.v1 import rnnstream_pb2_grpc as pb_grpc
+from tests.conftest import tiny_server_settings
 
 STREAM = "rnnstream.v1.Predictor/Stream"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -39,16 +40,7 @@ def exporter() -> InMemorySpanExporter:
 @pytest.fixture(scope="module")
 def traced(tiny_models: Path, exporter: InMemorySpanExporter):
     """A real server on 127.0.0.1 whose spans go to ``exporter``."""
-    settings = Settings.from_env(
-        {},
-        models=tiny_models,
-        host="127.0.0.1",
-        port=0,
-        default_model="tiny",
-        grace_s=1.0,
-        state_dir="",
-        otel=True,
-    )
+    settings = tiny_server_settings(tiny_models, otel=True)
     with BackgroundServer(settings, tracing.setup(True, exporter=exporter)) as running:
         yield running
 
